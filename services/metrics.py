@@ -1,0 +1,78 @@
+"""Every Prometheus metric mixerless exports, defined in one place.
+
+A ``Metrics`` owns its own registry (no import-time globals), so tests and
+``mixerless check`` never touch process-wide state. Names follow
+``mixerless_<service>_<noun>_<unit>``; labels are bounded by config (rule names,
+not request values), except where a rule opts into ``detailed_metric``.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The metric families, created on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.rpc_requests = Counter(
+            "mixerless_rpc_requests_total",
+            "gRPC calls handled, by service and result.",
+            ["service", "result"],
+            registry=r,
+        )
+        self.rpc_latency = Histogram(
+            "mixerless_rpc_duration_seconds",
+            "Time spent answering a gRPC call, by service and result.",
+            ["service", "result"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.policy_loads = Counter(
+            "mixerless_policy_loads_total",
+            "Policy directory loads, by result (success or error).",
+            ["result"],
+            registry=r,
+        )
+        self.policy_info = Gauge(
+            "mixerless_policy_info",
+            "The serving policy set: 1 for its content hash.",
+            ["digest"],
+            registry=r,
+        )
+        self.policy_loaded_at = Gauge(
+            "mixerless_policy_last_load_timestamp_seconds",
+            "When the serving policy set was loaded.",
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "mixerless_backend_errors_total",
+            "Failed calls to a backend (redis, jwks, provider), by backend.",
+            ["backend"],
+            registry=r,
+        )
+        self.ratelimit_hits = Counter(
+            "mixerless_ratelimit_hits_total",
+            "Hits on a rate limit rule, by domain, rule and outcome "
+            "(within_limit, near_limit, over_limit, over_limit_with_local_cache, shadow_mode).",
+            ["domain", "rule", "outcome"],
+            registry=r,
+        )
+        self.ratelimit_global_shadow = Counter(
+            "mixerless_ratelimit_global_shadow_mode_total",
+            "Requests answered OK only because global shadow mode is on.",
+            registry=r,
+        )
+
+    def set_policy(self, digest: str, loaded_at: float) -> None:
+        self.policy_info.clear()
+        self.policy_info.labels(digest).set(1)
+        self.policy_loaded_at.set(loaded_at)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

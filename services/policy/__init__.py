@@ -1,0 +1,1 @@
+"""Policy directories: parse YAML (keeping line numbers), validate strictly, compile once."""

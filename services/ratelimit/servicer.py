@@ -1,0 +1,111 @@
+"""``envoy.service.ratelimit.v3.RateLimitService``: protobuf in, the model, protobuf out.
+
+Errors follow envoyproxy/ratelimit's messages with proper status codes: an empty
+domain or descriptor list is INVALID_ARGUMENT, a failed counter store or a
+missing config is UNAVAILABLE (Envoy's ``failure_mode_deny`` then decides). No
+request, however malformed, takes the server down.
+"""
+
+import time
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
+
+from services import envoy_api as api
+from services.metrics import Metrics
+from services.ratelimit.model import (
+    DescriptorRequest,
+    DescriptorStatus,
+    LimitOverride,
+    LimitRequest,
+    LimitResult,
+    RateLimit,
+    Unit,
+)
+from services.ratelimit.service import InvalidRequestError, RateLimitService, UnavailableError
+
+log = structlog.get_logger("mixerless.ratelimit")
+
+SERVICE = "ratelimit"
+
+
+def request_from_proto(message: Any) -> LimitRequest:
+    """A ``RateLimitRequest`` as the model; raises ``InvalidRequestError`` on bad fields."""
+    descriptors = []
+    for index, descriptor in enumerate(message.descriptors):
+        override = None
+        if descriptor.HasField("limit"):
+            unit = Unit.from_proto(descriptor.limit.unit)
+            if unit is None:
+                raise InvalidRequestError(
+                    f"descriptor {index}: limit override has unknown unit {descriptor.limit.unit}"
+                )
+            override = LimitOverride(descriptor.limit.requests_per_unit, unit)
+        addend = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else None
+        entries = tuple((entry.key, entry.value) for entry in descriptor.entries)
+        descriptors.append(DescriptorRequest(entries, override, addend))
+    return LimitRequest(message.domain, tuple(descriptors), message.hits_addend)
+
+
+def _limit_proto(limit: RateLimit) -> Any:
+    return api.RateLimitResponse.RateLimit(
+        name=limit.name, requests_per_unit=limit.requests_per_unit, unit=limit.unit.proto
+    )
+
+
+def _status_proto(status: DescriptorStatus) -> Any:
+    proto = api.RateLimitResponse.DescriptorStatus(
+        code=status.code, limit_remaining=status.remaining
+    )
+    if status.limit is not None and not status.limit.unlimited:
+        proto.current_limit.CopyFrom(_limit_proto(status.limit))
+    if status.reset_seconds is not None:
+        proto.duration_until_reset.CopyFrom(Duration(seconds=status.reset_seconds))
+    return proto
+
+
+def response_to_proto(result: LimitResult) -> Any:
+    """The model's answer as a ``RateLimitResponse``."""
+    response = api.RateLimitResponse(
+        overall_code=result.overall,
+        statuses=[_status_proto(status) for status in result.statuses],
+        response_headers_to_add=[api.HeaderValue(key=k, value=v) for k, v in result.headers],
+    )
+    if result.metadata is not None:
+        metadata = Struct()
+        metadata.update(result.metadata)
+        response.dynamic_metadata.CopyFrom(metadata)
+    return response
+
+
+class RateLimitServicer(api.RateLimitServiceServicer):  # type: ignore[misc]
+    """Envoy's RLS v3 endpoint over a ``RateLimitService``."""
+
+    def __init__(self, service: RateLimitService, metrics: Metrics) -> None:
+        self._service = service
+        self._requests = metrics.rpc_requests
+        self._latency = metrics.rpc_latency
+
+    async def ShouldRateLimit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code: grpc.StatusCode | None = None
+        message = ""
+        try:
+            result = await self._service.should_rate_limit(request_from_proto(request))
+            response = response_to_proto(result)
+            outcome = "over_limit" if result.overall == 2 else "ok"
+        except InvalidRequestError as exc:
+            code, message, outcome = grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid"
+        except UnavailableError as exc:
+            code, message, outcome = grpc.StatusCode.UNAVAILABLE, str(exc), "unavailable"
+        except Exception as exc:  # a bug must cost one request, not the server
+            log.exception("ShouldRateLimit failed", domain=request.domain)
+            code, message, outcome = grpc.StatusCode.INTERNAL, f"internal error: {exc}", "error"
+        self._requests.labels(SERVICE, outcome).inc()
+        self._latency.labels(SERVICE, outcome).observe(time.perf_counter() - started)
+        if code is not None:
+            await context.abort(code, message)
+        return response

@@ -1,0 +1,139 @@
+"""``mixerless serve``: build every service from ``Settings``, run them, stop gracefully.
+
+This is the composition root: the only place that picks concrete
+implementations (counter store, clock) and wires policy reloads to health.
+"""
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from services.clock import Clock, SystemClock
+from services.envoy_api import RATELIMIT_SERVICE_NAME, add_RateLimitServiceServicer_to_server
+from services.grpc_server import GrpcServer
+from services.http_server import HttpServer, OpsView
+from services.metrics import Metrics
+from services.policy.loader import PolicySet
+from services.policy.state import PolicyState
+from services.policy.watcher import PolicyWatcher
+from services.ratelimit.local_cache import OverLimitCache
+from services.ratelimit.memory_store import InMemoryCounterStore
+from services.ratelimit.model import RateLimitConfig
+from services.ratelimit.service import RateLimitService
+from services.ratelimit.servicer import RateLimitServicer
+from services.ratelimit.store import CounterStore
+from services.settings import Settings
+
+log = structlog.get_logger("mixerless")
+
+
+def build_store(settings: Settings, clock: Clock) -> CounterStore:
+    """Redis when ``--redis`` is given, else per-process memory (with a warning)."""
+    if settings.redis is None:
+        log.warning(
+            "counting in memory: every mixerless process keeps its own counts; "
+            "pass --redis to share them"
+        )
+        return InMemoryCounterStore(clock)
+    from services.ratelimit.redis_store import RedisCounterStore
+
+    return RedisCounterStore.from_settings(settings.redis)
+
+
+class Application:
+    """Every enabled service of one ``mixerless serve`` process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        store: CounterStore | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock if clock is not None else SystemClock()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.state = PolicyState()
+        self.watcher = PolicyWatcher(
+            settings.policies,
+            settings.load,
+            self.state,
+            self.metrics,
+            self.clock,
+            interval=settings.reload_interval,
+        )
+        self.view = OpsView(self.state, self.metrics)
+        self.grpc_servers: list[GrpcServer] = []
+        self.ratelimit: GrpcServer | None = None
+        self.store: CounterStore | None = None
+        if "ratelimit" in settings.services:
+            self.store = store if store is not None else build_store(settings, self.clock)
+            cache = None
+            if settings.local_cache_size:
+                cache = OverLimitCache(self.clock, settings.local_cache_size)
+            service = RateLimitService(
+                self._ratelimit_config,
+                self.store,
+                self.clock,
+                self.metrics,
+                settings.ratelimit,
+                cache,
+            )
+            servicer = RateLimitServicer(service, self.metrics)
+            self.ratelimit = GrpcServer(
+                "ratelimit",
+                settings.ratelimit_port,
+                settings.server,
+                lambda server: add_RateLimitServiceServicer_to_server(servicer, server),
+                [RATELIMIT_SERVICE_NAME],
+            )
+            self.grpc_servers.append(self.ratelimit)
+            self.view.ratelimit = service
+            self.view.checks[self.store.name] = self.store.ping
+        self.http = HttpServer(self.view, settings.server.host, settings.http_port)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _ratelimit_config(self) -> RateLimitConfig | None:
+        current = self.state.current
+        return current.ratelimit if current is not None else None
+
+    async def start(self) -> None:
+        """Start servers (NOT_SERVING), then load policies; SERVING once a set is loaded."""
+        for server in self.grpc_servers:
+            port = await server.start()
+            log.info("grpc server listening", service=server.name, port=port)
+        port = await self.http.start()
+        log.info("http server listening", port=port, paths="/healthz /readyz /metrics /debug")
+        self.state.subscribe(self._on_policy)
+        self._tasks.append(asyncio.create_task(self.watcher.run(), name="policy-watcher"))
+
+    def _on_policy(self, _: PolicySet) -> None:
+        for server in self.grpc_servers:
+            self._tasks.append(asyncio.create_task(server.set_serving(True)))
+
+    async def stop(self) -> None:
+        """Stop taking calls, drain in-flight ones, release backends."""
+        self.view.stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(s.stop(self.settings.shutdown_grace) for s in self.grpc_servers))
+        await self.http.stop()
+        if self.store is not None:
+            await self.store.close()
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("shutting down", grace_seconds=self.settings.shutdown_grace)
+        await self.stop()
