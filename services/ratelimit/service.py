@@ -7,6 +7,7 @@ over-limit cache, and records per-rule metrics.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from services.clock import Clock
 from services.metrics import Metrics
@@ -67,6 +68,9 @@ class RateLimitService:
         self._metrics = metrics
         self._options = options
         self._local_cache = local_cache
+        # labels() costs ~10 µs; a dict hit costs ~0.1 µs. Bounded by rules x outcomes
+        # (per value only for rules that opt into detailed_metric).
+        self._hit_counters: dict[tuple[str, str, limiter.Outcome], Any] = {}
 
     async def should_rate_limit(self, request: LimitRequest) -> LimitResult:
         """Decide ``request``; raises ``InvalidRequestError`` or ``UnavailableError``."""
@@ -143,5 +147,11 @@ class RateLimitService:
         return LimitResult(overall, tuple(statuses), headers, metadata)
 
     def _record(self, domain: str, match: Match, outcome: limiter.Outcome, addend: int) -> None:
-        if addend:
-            self._metrics.ratelimit_hits.labels(domain, match.stat_key, outcome.value).inc(addend)
+        if not addend:
+            return
+        key = (domain, match.stat_key, outcome)
+        counter = self._hit_counters.get(key)
+        if counter is None:
+            counter = self._metrics.ratelimit_hits.labels(domain, match.stat_key, outcome.value)
+            self._hit_counters[key] = counter
+        counter.inc(addend)

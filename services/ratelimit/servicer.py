@@ -17,6 +17,7 @@ from google.protobuf.struct_pb2 import Struct
 from services import envoy_api as api
 from services.metrics import Metrics
 from services.ratelimit.model import (
+    Code,
     DescriptorRequest,
     DescriptorStatus,
     LimitOverride,
@@ -30,6 +31,7 @@ from services.ratelimit.service import InvalidRequestError, RateLimitService, Un
 log = structlog.get_logger("mixerless.ratelimit")
 
 SERVICE = "ratelimit"
+OUTCOMES = ("ok", "over_limit", "invalid", "unavailable", "error")
 
 
 def request_from_proto(message: Any) -> LimitRequest:
@@ -86,8 +88,14 @@ class RateLimitServicer(api.RateLimitServiceServicer):  # type: ignore[misc]
 
     def __init__(self, service: RateLimitService, metrics: Metrics) -> None:
         self._service = service
-        self._requests = metrics.rpc_requests
-        self._latency = metrics.rpc_latency
+        # Labelled children resolved once: labels() is ~10 µs, too slow per call.
+        self._record = {
+            outcome: (
+                metrics.rpc_requests.labels(SERVICE, outcome).inc,
+                metrics.rpc_latency.labels(SERVICE, outcome).observe,
+            )
+            for outcome in OUTCOMES
+        }
 
     async def ShouldRateLimit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
@@ -96,7 +104,7 @@ class RateLimitServicer(api.RateLimitServiceServicer):  # type: ignore[misc]
         try:
             result = await self._service.should_rate_limit(request_from_proto(request))
             response = response_to_proto(result)
-            outcome = "over_limit" if result.overall == 2 else "ok"
+            outcome = "over_limit" if result.overall is Code.OVER_LIMIT else "ok"
         except InvalidRequestError as exc:
             code, message, outcome = grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid"
         except UnavailableError as exc:
@@ -104,8 +112,9 @@ class RateLimitServicer(api.RateLimitServiceServicer):  # type: ignore[misc]
         except Exception as exc:  # a bug must cost one request, not the server
             log.exception("ShouldRateLimit failed", domain=request.domain)
             code, message, outcome = grpc.StatusCode.INTERNAL, f"internal error: {exc}", "error"
-        self._requests.labels(SERVICE, outcome).inc()
-        self._latency.labels(SERVICE, outcome).observe(time.perf_counter() - started)
+        count, observe = self._record[outcome]
+        count()
+        observe(time.perf_counter() - started)
         if code is not None:
             await context.abort(code, message)
         return response
