@@ -1,6 +1,7 @@
 """The HTTP side port: health, readiness, metrics, the debug view, and ``/json``.
 
-* ``GET /healthz``: 200 while the process runs (503 once shutting down).
+* ``GET /healthz`` (or ``/healthcheck``, as envoyproxy/ratelimit names it): 200 while
+  the process runs, 503 once shutting down.
 * ``GET /readyz``: 200 when a policy set is serving and every backend answers; the
   body names the serving policy digest and each check.
 * ``GET /metrics``: Prometheus text format.
@@ -47,6 +48,7 @@ def build_app(view: OpsView) -> web.Application:
     routes = web.RouteTableDef()
 
     @routes.get("/healthz")
+    @routes.get("/healthcheck")  # envoyproxy/ratelimit's name for the same probe
     async def healthz(_: web.Request) -> web.Response:
         if view.stopping:
             return web.Response(status=503, text="shutting down\n")

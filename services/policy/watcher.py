@@ -106,6 +106,11 @@ class PolicyWatcher:
         self._state.publish(result, now)
         self._metrics.policy_loads.labels("success").inc()
         self._metrics.set_policy(result.digest, now)
+        if not result.files:
+            log.warning(
+                "policy directory has no policy files: nothing is limited or denied",
+                directory=str(self._directory),
+            )
         log.info(
             "policy loaded",
             directory=str(self._directory),

@@ -203,8 +203,9 @@ class TestHttpPort:
         await wait_serving(running)
         await running.stub.ShouldRateLimit(make_request("edge", [("user", "a")]))
         async with aiohttp.ClientSession(running.http_url) as http:
-            async with http.get("/healthz") as reply:
-                assert reply.status == 200
+            for probe in ("/healthz", "/healthcheck"):
+                async with http.get(probe) as reply:
+                    assert reply.status == 200
             async with http.get("/readyz") as reply:
                 body = await reply.json()
                 assert reply.status == 200 and body["ready"] is True
