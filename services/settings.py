@@ -12,23 +12,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from services.grpc_server import ServerOptions
 from services.policy.loader import LoadOptions
+from services.ratelimit.redis_url import parse_redis_target
 from services.ratelimit.service import RateLimitOptions
 
 ENV_PREFIX = "MIXERLESS_"
 SERVICES = ("ratelimit",)
-REDIS_SCHEMES = (
-    "redis",
-    "rediss",
-    "unix",
-    "redis+sentinel",
-    "rediss+sentinel",
-    "redis+cluster",
-    "rediss+cluster",
-)
 
 
 class SettingsError(ValueError):
@@ -91,11 +82,10 @@ def parse_ratio(text: str) -> float:
 
 
 def parse_redis_url(text: str) -> str | None:
+    """A Redis URL checked in full (scheme, hosts, db, TLS options) at start-up."""
     if not text.strip():
         return None
-    scheme = urlsplit(text).scheme
-    if scheme not in REDIS_SCHEMES:
-        raise ValueError(f"URL scheme must be one of {', '.join(REDIS_SCHEMES)}, got {text!r}")
+    parse_redis_target(text.strip())
     return text.strip()
 
 
@@ -247,7 +237,7 @@ def resolve(
         try:
             values[option.dest] = option.parse(text)
         except ValueError as exc:
-            errors.append(f"{source} (--{option.flag} / {option.env}): {exc}")
+            errors.append(f"--{option.flag} / {option.env} (from {source}): {exc}")
     if errors:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
     return values

@@ -1,7 +1,6 @@
 """A real ``Application`` on port 0, with a policy directory the test can rewrite."""
 
-import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,32 +13,7 @@ from services.ratelimit.service import RateLimitOptions
 from services.ratelimit.store import CounterStore
 from services.serve import Application
 from services.settings import Settings
-
-POLICY = """\
-domain: edge
-descriptors:
-  - key: user
-    rate_limit: {unit: minute, requests_per_unit: 3}
-  - key: user
-    value: vip
-    rate_limit: {unit: minute, requests_per_unit: 1000}
-"""
-
-
-def write_policy(directory: Path, text: str, name: str = "edge.yaml") -> None:
-    """Replace a policy file atomically (write aside, then rename over it)."""
-    temporary = directory / f".{name}.tmp"
-    temporary.write_text(text)
-    os.replace(temporary, directory / name)
-
-
-def make_request(domain: str, *descriptors: Sequence[tuple[str, str]]) -> object:
-    message = api.RateLimitRequest(domain=domain)
-    for entries in descriptors:
-        descriptor = message.descriptors.add()
-        for key, value in entries:
-            descriptor.entries.add(key=key, value=value)
-    return message
+from tests.ratelimit_calls import POLICY, write_policy
 
 
 class Running:

@@ -14,7 +14,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from services import envoy_api as api
 from services.ratelimit.service import RateLimitOptions
 from services.ratelimit.store import Hit
-from tests.service.conftest import POLICY, Running, make_request, write_policy
+from tests.ratelimit_calls import POLICY, make_request, write_policy
+from tests.service.conftest import Running
 
 OK = api.RateLimitResponse.OK
 OVER = api.RateLimitResponse.OVER_LIMIT

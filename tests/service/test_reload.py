@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from tests.service.conftest import POLICY, make_request, write_policy
+from tests.ratelimit_calls import POLICY, make_request, write_policy
 from tests.service.test_ratelimit_grpc import wait_serving
 
 BAD = "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: fortnight}\n"

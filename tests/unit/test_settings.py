@@ -50,6 +50,8 @@ class TestErrors:
             (("--http-port", "70000"), {}, "--http-port"),
             (("--redis-timeout", "soon"), {}, "--redis-timeout"),
             (("--redis", "http://x"), {}, "--redis"),
+            (("--redis", "redis+sentinel://h:26379"), {}, "--redis"),
+            (("--redis", "redis://h:6379/?ssl_ca_certs=/x"), {}, "--redis"),
             (("--only", "mixer"), {}, "--only"),
             ((), {"MIXERLESS_SHADOW_MODE": "maybe"}, "MIXERLESS_SHADOW_MODE"),
             (("--near-limit-ratio", "2"), {}, "--near-limit-ratio"),

@@ -1,0 +1,104 @@
+"""Real Redis for the integration tests: servers started on free ports, stores built on them.
+
+The session fixtures (``redis_server``, ``redis_cluster``, ``redis_sentinel``) are
+shared and flushed before every test that uses them; ``private_redis`` is a
+server of the test's own, which it may pause or stop. A test using any of them
+must carry ``@pytest.mark.redis`` (checked here).
+"""
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from random import Random
+
+import pytest
+
+from services.ratelimit.redis_store import RedisCounterStore
+from services.settings import RedisSettings
+from tests.redis_servers import (
+    RedisCluster,
+    RedisServer,
+    SentinelServer,
+    start_cluster,
+    start_redis,
+    start_sentinel,
+)
+
+SHARED = ("redis_server", "redis_cluster", "redis_sentinel")
+StoreFactory = Callable[..., RedisCounterStore]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the whole session."""
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster for the whole session."""
+    cluster = start_cluster(nodes=3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelServer]:
+    """A Sentinel naming its own master ``mymaster``, for the whole session."""
+    master = start_redis()
+    try:
+        sentinel = start_sentinel(master, name="mymaster")
+    except BaseException:
+        master.stop()
+        raise
+    yield sentinel
+    sentinel.stop()
+    master.stop()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server for this test alone (it may pause or stop it)."""
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _redis_hygiene(request: pytest.FixtureRequest) -> None:
+    """Flush the shared servers a test uses, and insist on the ``redis`` marker."""
+    used = [name for name in (*SHARED, "private_redis") if name in request.fixturenames]
+    if used and request.node.get_closest_marker("redis") is None:
+        pytest.fail(f"{request.node.name} uses {', '.join(used)} but is not marked redis")
+    for name in used:
+        if name in SHARED:
+            request.getfixturevalue(name).flush()
+
+
+@pytest.fixture
+async def make_store() -> AsyncIterator[StoreFactory]:
+    """Build ``RedisCounterStore``s from a URL (closed after the test)."""
+    stores: list[RedisCounterStore] = []
+
+    def make(
+        url: str,
+        *,
+        timeout: float = 0.5,
+        pool_size: int = 8,
+        jitter: int = 0,
+        rng: Random | None = None,
+    ) -> RedisCounterStore:
+        settings = RedisSettings(
+            url=url,
+            pool_size=pool_size,
+            connect_timeout=timeout,
+            timeout=timeout,
+            expiration_jitter=jitter,
+        )
+        store = RedisCounterStore.from_settings(settings, rng=rng)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
