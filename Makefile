@@ -23,8 +23,8 @@ run: $(STAMP)
 
 ## test: lint, type-check, validate the example policies, then every test tier
 test: $(STAMP)
-	$(BIN)/ruff check services tests loadtest
-	$(BIN)/ruff format --check services tests loadtest
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mixerless check policies
 	$(BIN)/pytest --require-marker redis --require-marker envoy

@@ -67,7 +67,10 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Bind and start; returns the bound port (useful with port 0)."""
-        address = f"{self._options.host}:{self._requested_port}"
+        host = self._options.host
+        address = (
+            f"[{host}]:{self._requested_port}" if ":" in host else f"{host}:{self._requested_port}"
+        )
         try:
             self.port = self.server.add_insecure_port(address)
         except RuntimeError as exc:
@@ -89,5 +92,6 @@ class GrpcServer:
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight ones finish for up to ``grace`` seconds."""
-        await self.set_serving(False)
+        if self.port:
+            await self.set_serving(False)
         await self.server.stop(grace)

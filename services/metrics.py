@@ -63,6 +63,11 @@ class Metrics:
             ["domain", "rule", "outcome"],
             registry=r,
         )
+        self.ratelimit_unknown_domain = Counter(
+            "mixerless_ratelimit_unknown_domain_total",
+            "Requests for a domain no loaded config defines (answered OK, unlimited).",
+            registry=r,
+        )
         self.ratelimit_global_shadow = Counter(
             "mixerless_ratelimit_global_shadow_mode_total",
             "Requests answered OK only because global shadow mode is on.",

@@ -28,6 +28,8 @@ from services.settings import Settings
 
 log = structlog.get_logger("mixerless")
 
+HTTP_PATHS = "/healthz /healthcheck /readyz /metrics /debug/config /json"
+
 
 def build_store(settings: Settings, clock: Clock) -> CounterStore:
     """Redis when ``--redis`` is given, else per-process memory (with a warning)."""
@@ -95,24 +97,34 @@ class Application:
             self.view.checks[self.store.name] = self.store.ping
         self.http = HttpServer(self.view, settings.server.host, settings.http_port)
         self._tasks: list[asyncio.Task[None]] = []
+        self._health_updates: set[asyncio.Task[None]] = set()
 
     def _ratelimit_config(self) -> RateLimitConfig | None:
         current = self.state.current
         return current.ratelimit if current is not None else None
 
     async def start(self) -> None:
-        """Start servers (NOT_SERVING), then load policies; SERVING once a set is loaded."""
-        for server in self.grpc_servers:
-            port = await server.start()
-            log.info("grpc server listening", service=server.name, port=port)
-        port = await self.http.start()
-        log.info("http server listening", port=port, paths="/healthz /readyz /metrics /debug")
+        """Start servers (NOT_SERVING), then load policies; SERVING once a set is loaded.
+
+        If any server cannot start, the ones already started are stopped again.
+        """
+        try:
+            for server in self.grpc_servers:
+                port = await server.start()
+                log.info("grpc server listening", service=server.name, port=port)
+            port = await self.http.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("http server listening", port=port, paths=HTTP_PATHS)
         self.state.subscribe(self._on_policy)
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="policy-watcher"))
 
     def _on_policy(self, _: PolicySet) -> None:
         for server in self.grpc_servers:
-            self._tasks.append(asyncio.create_task(server.set_serving(True)))
+            task = asyncio.create_task(server.set_serving(True))
+            self._health_updates.add(task)
+            task.add_done_callback(self._health_updates.discard)
 
     async def stop(self) -> None:
         """Stop taking calls, drain in-flight ones, release backends."""
@@ -123,6 +135,7 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.gather(*(s.stop(self.settings.shutdown_grace) for s in self.grpc_servers))
+        await asyncio.gather(*self._health_updates, return_exceptions=True)
         await self.http.stop()
         if self.store is not None:
             await self.store.close()

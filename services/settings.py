@@ -137,7 +137,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("policies", str, "policies", "policy directory to serve (watched for changes)"),
-    Option("host", str, "0.0.0.0", "address every server listens on"),
+    Option("host", lambda text: text.strip().strip("[]"), "0.0.0.0", "listen address (IPv6 ok)"),
     Option("ratelimit-port", parse_port, "8081", "gRPC port of the rate limit service"),
     Option("http-port", parse_port, "8080", "HTTP port: /healthz /readyz /metrics /debug/config"),
     Option("only", parse_services, ",".join(SERVICES), "comma-separated services to run"),

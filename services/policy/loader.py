@@ -4,8 +4,8 @@ Nothing half-loaded ever escapes: ``load_directory`` either returns a complete
 ``PolicySet`` or raises ``PolicyLoadError`` listing every problem of every file.
 
 Files: ``*.yaml`` and ``*.yml`` anywhere below the directory, following symlinks
-(Kubernetes ConfigMap mounts), skipping dotfiles and dot-directories (``..data``)
-and editor leftovers (``*~``, ``#*#``, ``*.swp``, ``*.tmp``).
+(Kubernetes ConfigMap mounts), skipping dotfiles and dot-directories (``..data``,
+``.a.yaml.swp``) and editor leftovers (``#a.yaml#``, ``a.yaml~``).
 """
 
 import hashlib
@@ -20,7 +20,6 @@ from services.ratelimit.config import ConfigDocument, compile_config, is_ratelim
 from services.ratelimit.model import RateLimitConfig
 
 POLICY_SUFFIXES = (".yaml", ".yml")
-_TEMP_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".tmp", ".bak")
 
 
 class PolicyDirectoryChangingError(Exception):
@@ -44,15 +43,19 @@ class PolicySet:
 
 
 def is_policy_file(name: str) -> bool:
-    """True for YAML files that are not hidden or editor temp files."""
-    if name.startswith((".", "#")) or name.endswith(_TEMP_SUFFIXES):
-        return False
-    return name.endswith(POLICY_SUFFIXES)
+    """True for YAML files that are not hidden or editor leftovers (``#a.yaml#``, ``a.yaml~``)."""
+    return name.endswith(POLICY_SUFFIXES) and not name.startswith((".", "#"))
 
 
 def policy_files(directory: Path) -> Iterator[Path]:
-    """Every policy file below ``directory``, in a stable order."""
+    """Every policy file below ``directory``, in a stable order; symlink loops are cut."""
+    seen: set[str] = set()
     for root, dirs, files in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if is_policy_file(name):

@@ -38,8 +38,13 @@ class PolicyState:
     def publish(self, policy_set: PolicySet, at: float) -> None:
         self.current = policy_set
         self.loaded_at = at
+        self.last_rejection = None
         for listener in self._listeners:
             listener(policy_set)
 
     def reject(self, errors: tuple[str, ...], at: float) -> None:
         self.last_rejection = Rejection(at, errors)
+
+    def clear_rejection(self) -> None:
+        """The directory is back to the serving set: the last rejection no longer stands."""
+        self.last_rejection = None

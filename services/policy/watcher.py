@@ -31,7 +31,7 @@ Fingerprint = tuple[object, ...]
 
 def fingerprint(directory: Path) -> Fingerprint:
     """What must change for the directory's policies to have changed."""
-    parts: list[object] = [os.path.realpath(directory)]
+    parts: list[object] = [os.path.realpath(directory), directory.is_dir()]
     try:
         for path in policy_files(directory):
             try:
@@ -101,6 +101,9 @@ class PolicyWatcher:
             return False
         current = self._state.current
         if current is not None and current.digest == result.digest:
+            if self._state.last_rejection is not None:
+                self._state.clear_rejection()
+                log.info("policy change reverted to the serving set", digest=current.digest)
             return False
         now = self._clock.now()
         self._state.publish(result, now)

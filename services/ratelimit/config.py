@@ -78,7 +78,8 @@ def compile_config(documents: Iterable[ConfigDocument], *, merge_domains: bool) 
         )
         name = fields.text("domain")
         if not name:
-            fields.error("domain", "config file cannot have empty domain")
+            if fields.raw("domain") in (None, ""):  # a wrong type was reported already
+                fields.error("domain", "config file cannot have empty domain")
             continue
         domain = domains.get(name)
         if domain is None:
@@ -100,6 +101,8 @@ def _load_level(parent: Fields, level: DescriptorLevel, composite: str) -> None:
     for fields in parent.children("descriptors", what="descriptor", allowed=DESCRIPTOR_KEYS):
         node = _load_descriptor(fields)
         if node is None:
+            if fields.valid:  # still report what is wrong further down
+                _load_level(fields, DescriptorLevel(), f"{composite}?.")
             continue
         full_key = composite + node.stat_name
         existing = _find_same(level, node)
@@ -181,14 +184,14 @@ def _load_rate_limit(fields: Fields, *, shadow_mode: bool, quota_mode: bool) -> 
     else:
         unit_text = spec.text("unit")
         parsed = Unit.parse(unit_text)
-        if parsed is None:
+        if parsed is not None:
+            unit = parsed
+        elif isinstance(spec.raw("unit", ""), str):  # a wrong type was reported already
             message = f"invalid rate limit unit '{unit_text}' (expected one of: {UNIT_NAMES})"
             if "unit" in spec:
                 spec.error("unit", message)
             else:
                 spec.missing("unit", message)
-        else:
-            unit = parsed
     replaces: set[str] = set()
     for entry in spec.children("replaces", what="replaces entry", allowed={"name"}):
         replaced = entry.text("name")
@@ -214,7 +217,7 @@ def _load_metadata(fields: Fields) -> Mapping[str, Any]:
     if raw is None:
         return {}
     problems: list[str] = []
-    plain = _plain(raw, "metadata", problems)
+    plain = _plain(raw, "", problems)
     for problem in problems:
         fields.error("metadata", f"error parsing metadata: {problem}")
     return plain if not problems else {}
@@ -226,9 +229,9 @@ def _plain(value: Any, path: str, problems: list[str]) -> Any:
         result = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                problems.append(f"{path}: key {key!r} is not a string")
+                problems.append(f"key {key!r}{' in ' + path if path else ''} is not a string")
                 continue
-            result[key] = _plain(item, f"{path}.{key}", problems)
+            result[key] = _plain(item, f"{path}.{key}" if path else key, problems)
         return result
     if isinstance(value, list):
         return [_plain(item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
@@ -236,7 +239,7 @@ def _plain(value: Any, path: str, problems: list[str]) -> Any:
         return value.isoformat()
     if value is None or isinstance(value, str | int | float | bool):
         return value
-    problems.append(f"{path}: unsupported value {value!r}")
+    problems.append(f"{path}: unsupported value {value!r}" if path else f"unsupported {value!r}")
     return None
 
 

@@ -40,7 +40,8 @@ def find_limit(config: RateLimitConfig, domain: str, descriptor: DescriptorReque
     if descriptor.override is not None:
         override = descriptor.override
         limit = RateLimit(override.requests_per_unit, override.unit)
-        stat = ".".join([domain, *(f"{k}_{v}" for k, v in entries)])
+        # Values stay out of the stat name: they come from the request, unbounded.
+        stat = ".".join([domain, *(k for k, _ in entries)]) + ":override"
         return Match(limit, descriptor_key(domain, entries), stat)
     if not entries:
         return None

@@ -82,6 +82,8 @@ class RateLimitService:
         if config is None:
             raise UnavailableError("no rate limit configuration loaded")
 
+        if request.domain not in config.domains:
+            self._metrics.ratelimit_unknown_domain.inc()
         options = self._options
         now = int(self._clock.now())
         matches = limiter.drop_replaced(

@@ -17,6 +17,7 @@ from google.protobuf.struct_pb2 import Struct
 from services import envoy_api as api
 from services.metrics import Metrics
 from services.ratelimit.model import (
+    UINT32_MAX,
     Code,
     DescriptorRequest,
     DescriptorStatus,
@@ -46,7 +47,13 @@ def request_from_proto(message: Any) -> LimitRequest:
                     f"descriptor {index}: limit override has unknown unit {descriptor.limit.unit}"
                 )
             override = LimitOverride(descriptor.limit.requests_per_unit, unit)
-        addend = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else None
+        addend = None
+        if descriptor.HasField("hits_addend"):
+            addend = descriptor.hits_addend.value
+            if addend > UINT32_MAX:
+                raise InvalidRequestError(
+                    f"descriptor {index}: hits_addend {addend} is larger than {UINT32_MAX}"
+                )
         entries = tuple((entry.key, entry.value) for entry in descriptor.entries)
         descriptors.append(DescriptorRequest(entries, override, addend))
     return LimitRequest(message.domain, tuple(descriptors), message.hits_addend)

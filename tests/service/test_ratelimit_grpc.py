@@ -95,6 +95,17 @@ class TestErrors:
             await running.stub.ShouldRateLimit(request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+    async def test_huge_hits_addend_is_invalid(self, start_app: Callable[..., Any]) -> None:
+        """A per-descriptor hits_addend beyond 2^32-1 is INVALID_ARGUMENT, never sent on."""
+        running = await start_app()
+        await wait_serving(running)
+        request = make_request("edge", [("user", "a")])
+        request.descriptors[0].hits_addend.value = 2**63
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await running.stub.ShouldRateLimit(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "hits_addend" in (info.value.details() or "")
+
     async def test_garbage_bytes_do_not_hurt_the_server(
         self, start_app: Callable[..., Any]
     ) -> None:

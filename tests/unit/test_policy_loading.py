@@ -142,6 +142,35 @@ class TestWatcher:
         assert watcher.reload()
         assert set(state.current.ratelimit.domains) == {"e"}
 
+    def test_directory_created_later_is_loaded(self, tmp_path: Path) -> None:
+        """A policy directory that appears (even empty) after start-up is loaded."""
+        directory = tmp_path / "later"
+        watcher, state, _ = self.make(directory)
+        assert not watcher.reload()
+        directory.mkdir()
+        assert watcher.changed()
+        assert watcher.reload()
+        assert state.current is not None and state.current.files == ()
+
+    def test_reverting_a_bad_change_clears_the_rejection(self, tmp_path: Path) -> None:
+        """Putting back the serving content clears the reported rejection."""
+        write(tmp_path / "a.yaml", GOOD)
+        watcher, state, _ = self.make(tmp_path)
+        watcher.reload()
+        write(tmp_path / "a.yaml", "domain: d\ndescriptors: 7\n")
+        watcher.reload()
+        assert state.last_rejection is not None
+        write(tmp_path / "a.yaml", GOOD)
+        watcher.reload()
+        assert state.last_rejection is None
+
+    def test_symlink_loop_is_cut(self, tmp_path: Path) -> None:
+        """A symlink back to a parent directory is read once, not recursed forever."""
+        write(tmp_path / "a.yaml", GOOD)
+        os.symlink(tmp_path, tmp_path / "loop")
+        policy_set = load_directory(tmp_path, LoadOptions())
+        assert policy_set.files == ("a.yaml",)
+
     def test_unchanged_content_is_not_a_new_load(self, tmp_path: Path) -> None:
         """Touching a file without changing content does not republish."""
         write(tmp_path / "a.yaml", GOOD)

@@ -188,6 +188,29 @@ class TestRejections:
         _, errors = compile_texts(text)
         assert any(expected in str(error) for error in errors), [str(e) for e in errors]
 
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("domain: 5\n", "f0.yaml:1: domain: must be a string, got a number (5)"),
+            (
+                "domain: d\ndescriptors: [{key: k, rate_limit: {unit: 5}}]\n",
+                "f0.yaml:2: descriptors[0].rate_limit.unit: must be a string, got a number (5)",
+            ),
+        ],
+    )
+    def test_wrong_type_is_one_error(self, text: str, expected: str) -> None:
+        """A value of the wrong type is reported once, not also as empty or invalid."""
+        _, errors = compile_texts(text)
+        assert [str(e) for e in errors] == [expected]
+
+    def test_children_of_a_keyless_descriptor_are_checked(self) -> None:
+        """A descriptor without key still has its nested descriptors validated."""
+        _, errors = compile_texts(
+            "domain: d\ndescriptors:\n  - descriptors: [{key: k, rate_limit: {unit: x}}]\n"
+        )
+        assert len(errors) == 2
+        assert "invalid rate limit unit 'x'" in str(errors[1])
+
     def test_duplicate_domain_across_files(self) -> None:
         """A domain defined in two files is rejected unless merging is on."""
         a = "domain: test-domain\ndescriptors: [{key: a}]\n"

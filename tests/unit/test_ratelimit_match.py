@@ -147,6 +147,12 @@ class TestOverride:
         assert match is not None
         assert (match.limit.requests_per_unit, match.limit.unit) == (42, Unit.HOUR)
 
+    def test_override_stat_key_leaves_out_values(self) -> None:
+        """Request-supplied limits are reported per key, never per (unbounded) value."""
+        descriptor = DescriptorRequest((("user", "u-123"),), LimitOverride(4, Unit.HOUR))
+        match = find_limit(CONFIG, "d", descriptor)
+        assert match is not None and match.stat_key == "d.user:override"
+
     def test_override_in_unknown_domain_has_no_limit(self) -> None:
         """A request-supplied limit in an unknown domain gives no limit."""
         descriptor = DescriptorRequest((("k", "v"),), LimitOverride(42, Unit.HOUR))
