@@ -1,6 +1,7 @@
 """The ``mixerless`` command: ``serve`` the services, ``check`` a policy directory offline."""
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from services import logs
     from services.serve import Application
+
+    # Everything imported so far lives as long as the process: keep it out of the
+    # collector's full passes, which otherwise pause the loop for ~20 ms under load.
+    gc.freeze()
 
     async def serve() -> None:
         # grpc.aio servers bind to the running loop: build them inside it.

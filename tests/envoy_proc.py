@@ -179,26 +179,60 @@ def find_envoy() -> str:
     )
 
 
-class EnvoyProcess:
+class _Child:
+    """A child process we started: its log, a description for failures, and a clean stop."""
+
+    name = "process"
+    stop_timeout = 10.0
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    def log(self) -> str:
+        """Everything the process wrote to stdout and stderr so far."""
+        return _read_log(self.log_path)
+
+    def where(self) -> str:
+        """The ports it serves, for ``describe``."""
+        return ""
+
+    def describe(self) -> str:
+        """Exit state and recent log, for failure messages."""
+        state = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
+        return f"--- {self.name} ({self.where()}, {state}) log ---\n{_tail(self.log())}"
+
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code. Idempotent."""
+        return _terminate(self.process, self.stop_timeout if timeout is None else timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EnvoyProcess(_Child):
     """A running Envoy; ``admin()``/``stats()`` read its admin port, ``log()`` its output."""
+
+    name = "envoy"
 
     def __init__(
         self, process: subprocess.Popen[bytes], admin_port: int, workdir: Path, config: Path
     ) -> None:
-        self.process = process
+        super().__init__(process, workdir / "envoy.log")
         self.admin_port = admin_port
         self.workdir = workdir
         self.config_path = config
-        self.log_path = workdir / "envoy.log"
 
-    def log(self) -> str:
-        """Everything Envoy wrote to stdout and stderr so far."""
-        return _read_log(self.log_path)
-
-    def describe(self) -> str:
-        """Envoy's exit state and recent log, for failure messages."""
-        state = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
-        return f"--- envoy (admin :{self.admin_port}, {state}) log ---\n{_tail(self.log())}"
+    def where(self) -> str:
+        return f"admin :{self.admin_port}"
 
     def admin(self, path: str, *, method: str = "GET") -> str:
         """The body of an admin endpoint (``/ready``, ``/stats``, ``/config_dump``...).
@@ -222,21 +256,6 @@ class EnvoyProcess:
             if sep and value.strip().lstrip("-").isdigit():
                 result[name] = int(value)
         return result
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code. Idempotent."""
-        return _terminate(self.process, timeout)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_envoy(
@@ -314,8 +333,11 @@ def _flag(args: Sequence[str], env: Mapping[str, str], flag: str) -> str | None:
     return env.get("MIXERLESS_" + flag.replace("-", "_").upper())
 
 
-class MixerlessProcess:
+class MixerlessProcess(_Child):
     """A running ``mixerless serve``; ``get()`` reads its HTTP ops port."""
+
+    name = "mixerless"
+    stop_timeout = 15.0
 
     def __init__(
         self,
@@ -324,42 +346,17 @@ class MixerlessProcess:
         ratelimit_port: int,
         workdir: Path,
     ) -> None:
-        self.process = process
+        super().__init__(process, workdir / "mixerless.log")
         self.http_port = http_port
         self.ratelimit_port = ratelimit_port
         self.workdir = workdir
-        self.log_path = workdir / "mixerless.log"
 
-    def log(self) -> str:
-        """Everything the process wrote to stdout and stderr so far."""
-        return _read_log(self.log_path)
-
-    def describe(self) -> str:
-        """Exit state and recent log, for failure messages."""
-        state = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
-        return (
-            f"--- mixerless (http :{self.http_port}, rls :{self.ratelimit_port}, {state}) "
-            f"log ---\n{_tail(self.log())}"
-        )
+    def where(self) -> str:
+        return f"http :{self.http_port}, rls :{self.ratelimit_port}"
 
     def get(self, path: str) -> HttpResponse:
         """GET ``path`` on the HTTP ops port."""
         return http_request(self.http_port, path)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code. Idempotent."""
-        return _terminate(self.process, timeout)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_mixerless(

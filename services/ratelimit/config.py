@@ -97,7 +97,9 @@ def compile_config(documents: Iterable[ConfigDocument], *, merge_domains: bool) 
     return RateLimitConfig(domains)
 
 
-def _load_level(parent: Fields, level: DescriptorLevel, composite: str) -> None:
+def _load_level(
+    parent: Fields, level: DescriptorLevel, composite: str, values_above: bool = False
+) -> None:
     for fields in parent.children("descriptors", what="descriptor", allowed=DESCRIPTOR_KEYS):
         node = _load_descriptor(fields)
         if node is None:
@@ -113,7 +115,9 @@ def _load_level(parent: Fields, level: DescriptorLevel, composite: str) -> None:
                 f"(already defined at line {existing.line})",
             )
             continue
-        _load_level(fields, node.children, full_key + ".")
+        node.stat_key = full_key
+        node.stat_uses_values = values_above or node.value_to_metric or node.detailed_metric
+        _load_level(fields, node.children, full_key + ".", values_above or node.value_to_metric)
         if node.wildcard is not None:
             level.wildcards.setdefault(node.key, []).append(node)
         elif node.value:

@@ -77,18 +77,16 @@ def _match(
     path: list[DescriptorNode],
     limit: RateLimit,
 ) -> Match:
-    detailed = path[-1].detailed_metric
-    counted: list[tuple[str, str]] = []
-    stats = [domain]
-    for node, (key, value) in zip(path, entries, strict=True):
-        counted.append((key, node.value if node.share_threshold else value))
-        if detailed or node.value_to_metric:
-            stats.append(f"{key}_{value}")
-        else:
-            stats.append(node.stat_name)
-    return Match(
-        limit=limit,
-        counter=descriptor_key(domain, counted),
-        stat_key=".".join(stats),
-        metadata=path[-1].metadata,
-    )
+    last = path[-1]
+    counted = [
+        (key, node.value if node.share_threshold else value)
+        for node, (key, value) in zip(path, entries, strict=True)
+    ]
+    stat_key = last.stat_key
+    if last.stat_uses_values:
+        detailed = last.detailed_metric
+        stats = [domain]
+        for node, (key, value) in zip(path, entries, strict=True):
+            stats.append(f"{key}_{value}" if detailed or node.value_to_metric else node.stat_name)
+        stat_key = ".".join(stats)
+    return Match(limit, descriptor_key(domain, counted), stat_key, last.metadata)

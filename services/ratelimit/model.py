@@ -100,6 +100,10 @@ class DescriptorNode:
     value_to_metric: bool = False
     metadata: Mapping[str, Any] = field(default_factory=dict)
     children: "DescriptorLevel" = field(default_factory=lambda: DescriptorLevel())
+    # Filled at compile time: the rule's stat key, and whether a request's values must
+    # go into it (detailed_metric here, or value_to_metric here or above).
+    stat_key: str = ""
+    stat_uses_values: bool = False
 
     @property
     def stat_name(self) -> str:
