@@ -109,7 +109,7 @@ def build_app(view: OpsView) -> web.Application:
             status = 429 if result.overall is Code.OVER_LIMIT else 200
             return web.Response(
                 status=status,
-                text=json_format.MessageToJson(response_to_proto(result)),
+                text=json_format.MessageToJson(response_to_proto(result), indent=None),
                 content_type="application/json",
             )
 
