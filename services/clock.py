@@ -38,7 +38,3 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         self._now += seconds
         self._monotonic += seconds
-
-    def set(self, now: float) -> None:
-        self._monotonic += max(0.0, now - self._now)
-        self._now = now

@@ -179,7 +179,25 @@ def find_envoy() -> str:
     )
 
 
-class _Child:
+class _StopOnExit:
+    """``with`` support for anything with a ``stop()``."""
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _Child(_StopOnExit):
     """A child process we started: its log, a description for failures, and a clean stop."""
 
     name = "process"
@@ -205,17 +223,6 @@ class _Child:
     def stop(self, timeout: float | None = None) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code. Idempotent."""
         return _terminate(self.process, self.stop_timeout if timeout is None else timeout)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class EnvoyProcess(_Child):
@@ -510,7 +517,7 @@ class _EchoServer(ThreadingHTTPServer):
         """Envoy resetting an idle keep-alive connection is not an error."""
 
 
-class Upstream:
+class Upstream(_StopOnExit):
     """An HTTP/1.1 echo server on ``127.0.0.1:port`` answering every request 200.
 
     The JSON body is ``{"method", "path", "headers"}`` of the request received;
@@ -540,17 +547,6 @@ class Upstream:
         self._server.shutdown()
         self._thread.join()
         self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_upstream(port: int = 0) -> Upstream:

@@ -74,9 +74,6 @@ class Fields:
     def __contains__(self, key: str) -> bool:
         return key in self._map
 
-    def keys(self) -> list[str]:
-        return [k for k in self._map if isinstance(k, str)]
-
     def line_of(self, key: Any) -> int:
         if isinstance(self._map, LineMap):
             return self._map.line_of(key)

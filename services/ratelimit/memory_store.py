@@ -24,10 +24,7 @@ class InMemoryCounterStore:
         self._next_sweep = clock.monotonic() + sweep_interval
 
     async def increment(self, hits: Sequence[Hit]) -> list[int]:
-        return self.increment_now(hits)
-
-    def increment_now(self, hits: Sequence[Hit]) -> list[int]:
-        """``increment`` without the coroutine, for callers already on the loop thread."""
+        """Count ``hits`` without awaiting: atomic with respect to other requests."""
         if self._clock.monotonic() >= self._next_sweep:
             self._sweep()
         counts = self._counts
