@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services import __version__
+from services.authz.explain import add_arguments as explain_arguments
 from services.policy.errors import PolicyLoadError
 from services.policy.loader import load_directory
 from services.settings import (
@@ -38,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("directory", type=Path, help="policy directory")
     add_arguments(check, only=CHECK_OPTIONS)
+    explain = commands.add_parser(
+        "explain",
+        help="decide one described request against a policy directory, offline",
+        description="Show which policy and rule allow or deny a request (exit 0 allow, 1 deny).",
+    )
+    explain_arguments(explain)
     return parser
 
 
@@ -58,6 +65,26 @@ def _check(args: argparse.Namespace) -> int:
         f"{domains} rate limit domain(s), digest {policy_set.digest})"
     )
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.authz.explain import explain
+
+    try:
+        policy_set = load_directory(args.directory, build_load_options(args))
+    except PolicyLoadError as exc:
+        for error in exc.errors:
+            print(error)
+        return 2
+    try:
+        decision, lines = asyncio.run(explain(policy_set.authz, args))
+    except ValueError as exc:
+        print(f"mixerless explain: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0 if decision.allowed else 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -86,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command == "explain":
+            return _explain(args)
         return _serve(args)
     except SettingsError as exc:
         print(f"mixerless: {exc}", file=sys.stderr)

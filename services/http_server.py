@@ -21,6 +21,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from services import envoy_api as api
+from services.authz.config import describe_authz
 from services.metrics import Metrics
 from services.policy.state import PolicyState
 from services.ratelimit.config import describe_config
@@ -88,6 +89,7 @@ def build_app(view: OpsView) -> web.Application:
             "loaded_at": view.state.loaded_at,
             "files": list(current.files) if current else [],
             "ratelimit": describe_config(current.ratelimit) if current else [],
+            "authz": describe_authz(current.authz) if current else None,
             "last_rejection": (
                 {"at": rejection.at, "errors": list(rejection.errors)} if rejection else None
             ),

@@ -10,8 +10,19 @@ import signal
 
 import structlog
 
+from services.authz.config import AuthzConfig
+from services.authz.jwt.authenticate import JwtAuthenticator
+from services.authz.jwt.keys import KeyResolver, RemoteKeySource
+from services.authz.providers.registry import ProviderClients
+from services.authz.service import AuthzService
+from services.authz.servicer import AuthorizationServicer
 from services.clock import Clock, SystemClock
-from services.envoy_api import RATELIMIT_SERVICE_NAME, add_RateLimitServiceServicer_to_server
+from services.envoy_api import (
+    AUTHORIZATION_SERVICE_NAME,
+    RATELIMIT_SERVICE_NAME,
+    add_AuthorizationServicer_to_server,
+    add_RateLimitServiceServicer_to_server,
+)
 from services.grpc_server import GrpcServer
 from services.http_server import HttpServer, OpsView
 from services.metrics import Metrics
@@ -95,9 +106,34 @@ class Application:
             self.grpc_servers.append(self.ratelimit)
             self.view.ratelimit = service
             self.view.checks[self.store.name] = self.store.ping
+        self.authz: GrpcServer | None = None
+        self.jwt: JwtAuthenticator | None = None
+        self.providers: ProviderClients | None = None
+        if "authz" in settings.services:
+            remote = RemoteKeySource(
+                clock=self.clock, refresh_interval=settings.jwks_refresh_interval
+            )
+            self.jwt = JwtAuthenticator(KeyResolver(remote=remote), self.clock)
+            self.providers = ProviderClients()
+            authz = AuthzService(
+                self._authz_config, self.jwt, self.providers, self.metrics, settings.workload
+            )
+            authz_servicer = AuthorizationServicer(authz, self.metrics)
+            self.authz = GrpcServer(
+                "authz",
+                settings.authz_port,
+                settings.server,
+                lambda server: add_AuthorizationServicer_to_server(authz_servicer, server),
+                [AUTHORIZATION_SERVICE_NAME],
+            )
+            self.grpc_servers.append(self.authz)
         self.http = HttpServer(self.view, settings.server.host, settings.http_port)
         self._tasks: list[asyncio.Task[None]] = []
         self._health_updates: set[asyncio.Task[None]] = set()
+
+    def _authz_config(self) -> AuthzConfig | None:
+        current = self.state.current
+        return current.authz if current is not None else None
 
     def _ratelimit_config(self) -> RateLimitConfig | None:
         current = self.state.current
@@ -120,9 +156,12 @@ class Application:
         self.state.subscribe(self._on_policy)
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="policy-watcher"))
 
-    def _on_policy(self, _: PolicySet) -> None:
-        for server in self.grpc_servers:
-            task = asyncio.create_task(server.set_serving(True))
+    def _on_policy(self, policy_set: PolicySet) -> None:
+        updates = [server.set_serving(True) for server in self.grpc_servers]
+        if self.providers is not None:  # close clients of providers the new set dropped
+            updates.append(self.providers.retain(policy_set.authz.mesh.providers.values()))
+        for update in updates:
+            task = asyncio.create_task(update)
             self._health_updates.add(task)
             task.add_done_callback(self._health_updates.discard)
 
@@ -139,6 +178,10 @@ class Application:
         await self.http.stop()
         if self.store is not None:
             await self.store.close()
+        if self.jwt is not None:
+            await self.jwt.aclose()
+        if self.providers is not None:
+            await self.providers.close()
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully."""

@@ -7,19 +7,21 @@ stops start-up with an error naming both the flag and the variable.
 
 import argparse
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.authz.service import WorkloadDefaults
+from services.authz.workloads import parse_labels
 from services.grpc_server import ServerOptions
+from services.policy.durations import parse_duration
 from services.policy.loader import LoadOptions
 from services.ratelimit.redis_url import parse_redis_target
 from services.ratelimit.service import RateLimitOptions
 
 ENV_PREFIX = "MIXERLESS_"
-SERVICES = ("ratelimit",)
+SERVICES = ("ratelimit", "authz")
 
 
 class SettingsError(ValueError):
@@ -59,21 +61,6 @@ def parse_positive(text: str) -> int:
     return value
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """``250ms``, ``2s``, ``1.5``(seconds), ``5m``, ``1h`` as seconds."""
-    found = _DURATION.match(text)
-    if found is None:
-        raise ValueError(f"expected a duration such as 250ms, 2s or 1m, got {text!r}")
-    seconds = float(found.group(1)) * _DURATION_UNITS[found.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"must be more than zero, got {text!r}")
-    return seconds
-
-
 def parse_ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -98,6 +85,12 @@ def parse_services(text: str) -> frozenset[str]:
             f"available: {', '.join(SERVICES)}"
         )
     return frozenset(names)
+
+
+def parse_workload_labels(text: str) -> str:
+    """``k=v,k2=v2``, kept as text (the authz service parses it once)."""
+    parse_labels(text)
+    return text
 
 
 def parse_choice(*choices: str) -> Callable[[str], str]:
@@ -139,8 +132,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("policies", str, "policies", "policy directory to serve (watched for changes)"),
     Option("host", lambda text: text.strip().strip("[]"), "0.0.0.0", "listen address (IPv6 ok)"),
     Option("ratelimit-port", parse_port, "8081", "gRPC port of the rate limit service"),
+    Option("authz-port", parse_port, "9001", "gRPC port of the authz (ext_authz) service"),
     Option("http-port", parse_port, "8080", "HTTP port: /healthz /readyz /metrics /debug/config"),
     Option("only", parse_services, ",".join(SERVICES), "comma-separated services to run"),
+    Option(
+        "workload-namespace",
+        str,
+        "istio-system",
+        "namespace of the gateway, when a CheckRequest does not say (context extension)",
+    ),
+    Option(
+        "workload-labels",
+        parse_workload_labels,
+        "istio=ingressgateway",
+        "labels of the gateway (k=v,...), when a CheckRequest does not say",
+    ),
+    Option(
+        "jwks-refresh-interval", parse_duration, "20m", "how often remote JWKS are fetched again"
+    ),
     Option("redis", parse_redis_url, "", "Redis URL for shared counters (empty: in memory)"),
     Option("redis-pool-size", parse_positive, "16", "Redis connections per node"),
     Option("redis-connect-timeout", parse_duration, "1s", "timeout to open a Redis connection"),
@@ -184,7 +193,10 @@ class Settings:
     policies: Path = Path("policies")
     services: frozenset[str] = frozenset(SERVICES)
     ratelimit_port: int = 8081
+    authz_port: int = 9001
     http_port: int = 8080
+    workload: WorkloadDefaults = field(default_factory=WorkloadDefaults)
+    jwks_refresh_interval: float = 1200.0
     redis: RedisSettings | None = None
     local_cache_size: int = 0
     ratelimit: RateLimitOptions = field(default_factory=RateLimitOptions)
@@ -269,7 +281,10 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         policies=Path(v["policies"]),
         services=v["only"],
         ratelimit_port=v["ratelimit_port"],
+        authz_port=v["authz_port"],
         http_port=v["http_port"],
+        workload=WorkloadDefaults(v["workload_namespace"], v["workload_labels"]),
+        jwks_refresh_interval=v["jwks_refresh_interval"],
         redis=redis,
         local_cache_size=v["local_cache_size"],
         ratelimit=RateLimitOptions(

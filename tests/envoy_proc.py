@@ -352,14 +352,16 @@ class MixerlessProcess(_Child):
         http_port: int,
         ratelimit_port: int,
         workdir: Path,
+        authz_port: int = 0,
     ) -> None:
         super().__init__(process, workdir / "mixerless.log")
         self.http_port = http_port
         self.ratelimit_port = ratelimit_port
+        self.authz_port = authz_port
         self.workdir = workdir
 
     def where(self) -> str:
-        return f"http :{self.http_port}, rls :{self.ratelimit_port}"
+        return f"http :{self.http_port}, rls :{self.ratelimit_port}, authz :{self.authz_port}"
 
     def get(self, path: str) -> HttpResponse:
         """GET ``path`` on the HTTP ops port."""
@@ -375,8 +377,9 @@ def start_mixerless(
 ) -> MixerlessProcess:
     """Run ``mixerless serve *args`` and wait until ``/readyz`` answers 200.
 
-    ``--http-port`` and ``--ratelimit-port`` are read from ``args`` (or ``env``); when
-    absent or 0, free ports are chosen and appended, and so is ``--host 127.0.0.1``. The
+    ``--http-port``, ``--ratelimit-port`` and ``--authz-port`` are read from ``args``
+    (or ``env``); when absent or 0, free ports are chosen and appended, and so is
+    ``--host 127.0.0.1``. The
     child gets this process's environment without any ``MIXERLESS_*`` variable (a
     developer's shell must not leak settings in), plus ``env``. The log goes to
     ``workdir`` (default: a new temporary directory). Raises ``RuntimeError`` with the
@@ -386,7 +389,7 @@ def start_mixerless(
     environment = {**inherited, **(env or {})}
     command = [find_mixerless(), "serve", *args]
     ports: dict[str, int] = {}
-    for flag in ("http-port", "ratelimit-port"):
+    for flag in ("http-port", "ratelimit-port", "authz-port"):
         given = _flag(args, environment, flag)
         if given is None or int(given) == 0:
             ports[flag] = free_port()
@@ -404,7 +407,9 @@ def start_mixerless(
             stderr=subprocess.STDOUT,
             env=environment,
         )
-    mixerless = MixerlessProcess(process, ports["http-port"], ports["ratelimit-port"], workdir)
+    mixerless = MixerlessProcess(
+        process, ports["http-port"], ports["ratelimit-port"], workdir, ports["authz-port"]
+    )
 
     def ready() -> bool:
         if process.poll() is not None:

@@ -41,7 +41,8 @@ def join_path(parent: str, key: str | int) -> str:
 class Fields:
     """The fields of one mapping, read with their types checked.
 
-    ``allowed`` lists the keys this mapping may hold; any other key is an error.
+    ``allowed`` lists the keys this mapping may hold; any other key is an error
+    (``None`` accepts any key, for documents read leniently).
     ``what`` names the mapping in messages ("descriptor", "rate_limit").
     """
 
@@ -53,7 +54,7 @@ class Fields:
         sink: ErrorSink,
         line: int,
         what: str,
-        allowed: Collection[str],
+        allowed: Collection[str] | None,
     ) -> None:
         self.path = path
         self.sink = sink
@@ -67,12 +68,16 @@ class Fields:
         for key in self._map:
             if not isinstance(key, str):
                 self.error(key, f"key is not a string: {key}")
-            elif key not in allowed:
+            elif allowed is not None and key not in allowed:
                 expected = ", ".join(sorted(allowed))
                 self.error(key, f"unknown key '{key}' in {what} (expected one of: {expected})")
 
     def __contains__(self, key: str) -> bool:
         return key in self._map
+
+    def is_empty(self) -> bool:
+        """True for a mapping with no keys at all (``{}``)."""
+        return not self._map
 
     def line_of(self, key: Any) -> int:
         if isinstance(self._map, LineMap):
@@ -142,7 +147,7 @@ class Fields:
         value = self._typed(key, (list,), "a list", required)
         return None if value is _MISSING else value
 
-    def child(self, key: str, *, what: str, allowed: Collection[str]) -> "Fields | None":
+    def child(self, key: str, *, what: str, allowed: Collection[str] | None) -> "Fields | None":
         """The fields of the sub-mapping at ``key``, or None if absent or not a mapping."""
         if self._map.get(key) is None:
             return None
@@ -155,7 +160,9 @@ class Fields:
             allowed=allowed,
         )
 
-    def children(self, key: str, *, what: str, allowed: Collection[str]) -> Iterator["Fields"]:
+    def children(
+        self, key: str, *, what: str, allowed: Collection[str] | None
+    ) -> Iterator["Fields"]:
         """The fields of each mapping in the list at ``key``; other items are errors."""
         items = self.sequence(key)
         if items is None:

@@ -10,14 +10,33 @@ Files: ``*.yaml`` and ``*.yml`` anywhere below the directory, following symlinks
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from services.authz.authorization_policy import AuthorizationPolicy, compile_policy
+from services.authz.config import AuthzConfig
+from services.authz.mesh_config import MeshSettings, compile_istio_configmap, compile_mesh_config
+from services.authz.request_authentication import (
+    RequestAuthentication,
+    compile_request_authentication,
+)
 from services.policy.errors import ErrorSink, PolicyError, PolicyLoadError
 from services.policy.yamltext import YamlSyntaxError, parse_documents
 from services.ratelimit.config import ConfigDocument, compile_config, is_ratelimit_document
 from services.ratelimit.model import RateLimitConfig
+
+# apiVersion/kind -> which compiler reads the document
+KINDS: dict[tuple[str, str], str] = {
+    ("security.istio.io/v1", "AuthorizationPolicy"): "AuthorizationPolicy",
+    ("security.istio.io/v1beta1", "AuthorizationPolicy"): "AuthorizationPolicy",
+    ("security.istio.io/v1", "RequestAuthentication"): "RequestAuthentication",
+    ("security.istio.io/v1beta1", "RequestAuthentication"): "RequestAuthentication",
+    ("mixerless.io/v1alpha1", "MeshConfig"): "MeshConfig",
+    ("v1", "ConfigMap"): "ConfigMap",
+}
+SUPPORTED = ", ".join(sorted({f"{kind} ({version})" for version, kind in KINDS}))
 
 POLICY_SUFFIXES = (".yaml", ".yml")
 
@@ -40,6 +59,7 @@ class PolicySet:
     digest: str
     files: tuple[str, ...] = ()
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    authz: AuthzConfig = field(default_factory=lambda: AuthzConfig(MeshSettings()))
 
 
 def is_policy_file(name: str) -> bool:
@@ -75,6 +95,7 @@ def load_directory(directory: Path, options: LoadOptions) -> PolicySet:
     digest = hashlib.sha256()
     sinks: list[ErrorSink] = []
     ratelimit_documents: list[ConfigDocument] = []
+    authz = _AuthzDocuments()
     names: list[str] = []
     for path in policy_files(directory):
         relative = path.relative_to(directory).as_posix()
@@ -102,13 +123,7 @@ def load_directory(directory: Path, options: LoadOptions) -> PolicySet:
             if is_ratelimit_document(body):
                 ratelimit_documents.append(ConfigDocument(body, document.line, sink))
             elif isinstance(body, dict) and ("kind" in body or "apiVersion" in body):
-                kind = body.get("kind")
-                version = body.get("apiVersion")
-                sink.add(
-                    document.line,
-                    "kind",
-                    f"unsupported document kind {kind!r} (apiVersion {version!r})",
-                )
+                authz.add(body, document.line, sink)
             else:
                 sink.add(
                     document.line,
@@ -120,4 +135,63 @@ def load_directory(directory: Path, options: LoadOptions) -> PolicySet:
     errors = [error for sink in sinks for error in sink.errors]
     if errors:
         raise PolicyLoadError(errors)
-    return PolicySet(digest.hexdigest()[:16], tuple(names), ratelimit)
+    return PolicySet(digest.hexdigest()[:16], tuple(names), ratelimit, authz.config())
+
+
+class _AuthzDocuments:
+    """Istio and mixerless kinds, compiled as they are read; cross-document checks at the end."""
+
+    def __init__(self) -> None:
+        self.policies: list[AuthorizationPolicy] = []
+        self.authentications: list[RequestAuthentication] = []
+        self.meshes: list[MeshSettings] = []
+        self._names: dict[tuple[str, str], str] = {}
+
+    def add(self, body: Mapping[str, Any], line: int, sink: ErrorSink) -> None:
+        version, kind = str(body.get("apiVersion")), str(body.get("kind"))
+        reader = KINDS.get((version, kind))
+        if reader is None:
+            sink.add(
+                line,
+                "kind",
+                f"unsupported document kind {kind!r} (apiVersion {version!r}); "
+                f"mixerless reads: {SUPPORTED}",
+            )
+            return
+        if reader == "AuthorizationPolicy":
+            policy = compile_policy(body, line, sink)
+            if policy is not None and self._unique(kind, policy.key, sink, line):
+                self.policies.append(policy)
+        elif reader == "RequestAuthentication":
+            authn = compile_request_authentication(body, line, sink)
+            if authn is not None and self._unique(kind, authn.meta.key, sink, line):
+                self.authentications.append(authn)
+        else:
+            compile_mesh = compile_mesh_config if reader == "MeshConfig" else _istio_configmap
+            mesh = compile_mesh(body, line, sink)
+            if mesh is not None:
+                if self.meshes:
+                    sink.add(line, "kind", f"a second mesh config (first: {self.meshes[0].source})")
+                else:
+                    self.meshes.append(mesh)
+
+    def _unique(self, kind: str, key: str, sink: ErrorSink, line: int) -> bool:
+        first = self._names.get((kind, key))
+        if first is not None:
+            sink.add(line, "metadata.name", f"duplicate {kind} {key} (first at {first})")
+            return False
+        self._names[(kind, key)] = f"{sink.file}:{line}"
+        return True
+
+    def config(self) -> AuthzConfig:
+        mesh = self.meshes[0] if self.meshes else MeshSettings()
+        return AuthzConfig(mesh, self.policies, self.authentications)
+
+
+def _istio_configmap(body: Any, line: int, sink: ErrorSink) -> MeshSettings | None:
+    """Only Istio's own ``istio`` ConfigMap is read; other ConfigMaps are an error."""
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict) or metadata.get("name") != "istio":
+        sink.add(line, "metadata.name", "the only ConfigMap mixerless reads is Istio's 'istio'")
+        return None
+    return compile_istio_configmap(body, line, sink)

@@ -27,6 +27,7 @@ async def fixture_start_replica(tmp_path: Path) -> AsyncIterator[Callable[..., A
     async def start(redis_url: str, redis_timeout: float = 0.5) -> Any:
         redis = RedisSettings(redis_url, 4, 1.0, redis_timeout, 0)
         settings = Settings(
+            services=frozenset({"ratelimit"}),
             policies=tmp_path,
             ratelimit_port=0,
             http_port=0,

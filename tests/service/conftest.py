@@ -50,6 +50,7 @@ async def fixture_start_app(
         *, options: RateLimitOptions | None = None, store: CounterStore | None = None
     ) -> Running:
         settings = Settings(
+            services=frozenset({"ratelimit"}),
             policies=policies,
             ratelimit_port=0,
             http_port=0,

@@ -1,0 +1,1 @@
+"""The authz service: Istio RequestAuthentication and AuthorizationPolicy behind Envoy ext_authz."""

@@ -1,0 +1,146 @@
+"""``mixerless explain``: run one described request through the authz service, offline.
+
+The same ``AuthzService`` the server runs decides; only CUSTOM providers are
+replaced by a stand-in that records which provider would have been asked and
+allows (explain never calls out to providers). Remote JWKS are fetched for real.
+"""
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.authz.config import AuthzConfig
+from services.authz.jwt.authenticate import JwtAuthenticator
+from services.authz.jwt.keys import KeyResolver, RemoteKeySource
+from services.authz.model import CheckInput, Decision, HttpRequest, Peer
+from services.authz.paths import InvalidPathError, request_path
+from services.authz.providers.client import AuthzProviderClient, ProviderDecision
+from services.authz.providers.config import Provider
+from services.authz.service import AuthzService, WorkloadDefaults
+from services.authz.workloads import parse_labels
+from services.metrics import Metrics
+
+
+@dataclass
+class _OfflineProvider:
+    name: str
+    asked: list[str] = field(default_factory=list)
+
+    async def check(self, check: CheckInput) -> ProviderDecision:
+        self.asked.append(self.name)
+        return ProviderDecision(True)
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class _OfflineProviders:
+    asked: list[str] = field(default_factory=list)
+
+    def get(self, provider: Provider) -> AuthzProviderClient:
+        return _OfflineProvider(provider.name, self.asked)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", type=Path, help="policy directory")
+    parser.add_argument("--method", default="GET")
+    parser.add_argument("--host", default="localhost", help=":authority (default localhost)")
+    parser.add_argument("--path", default="/", help="path as sent, with query (default /)")
+    parser.add_argument(
+        "-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="a header"
+    )
+    parser.add_argument("--token", help="a JWT, sent as 'Authorization: Bearer <token>'")
+    parser.add_argument("--source-ip", default="127.0.0.1", help="the peer address")
+    parser.add_argument("--xff", help="X-Forwarded-For as Envoy passes it (peer appended)")
+    parser.add_argument("--principal", default="", help="peer SPIFFE identity (mTLS)")
+    parser.add_argument("--port", type=int, default=8080, help="destination (listener) port")
+    parser.add_argument("--namespace", default="", help="gateway namespace (context extension)")
+    parser.add_argument("--labels", default="", help="gateway labels k=v,... (context extension)")
+    parser.add_argument("--gateway", default="", help="Gateway name (context extension)")
+    parser.add_argument("--workload-namespace", default="istio-system")
+    parser.add_argument("--workload-labels", default="istio=ingressgateway")
+
+
+def describe_request(args: argparse.Namespace) -> CheckInput:
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep:
+            raise ValueError(f"-H takes 'name: value', got {item!r}")
+        headers[name.strip().lower()] = value.strip()
+    if args.token:
+        headers["authorization"] = f"Bearer {args.token}"
+    if args.xff:
+        headers["x-forwarded-for"] = args.xff
+    context = {
+        key: value
+        for key, value in (
+            ("namespace", args.namespace),
+            ("labels", args.labels),
+            ("gateway", args.gateway),
+        )
+        if value
+    }
+    return CheckInput(
+        request=HttpRequest(method=args.method, host=args.host, path=args.path, headers=headers),
+        source=Peer(args.source_ip, 0, args.principal),
+        destination=Peer("", args.port),
+        context=context,
+    )
+
+
+def _policy_list(title: str, policies: Sequence[object]) -> str:
+    names = ", ".join(getattr(p, "key", "?") for p in policies) or "none"
+    return f"  {title}: {names}"
+
+
+async def explain(config: AuthzConfig, args: argparse.Namespace) -> tuple[Decision, list[str]]:
+    """The decision for the described request, and the lines that explain it."""
+    parse_labels(args.workload_labels)
+    check = describe_request(args)
+    providers = _OfflineProviders()
+    jwt = JwtAuthenticator(KeyResolver(remote=RemoteKeySource()))
+    service = AuthzService(
+        lambda: config,
+        jwt,
+        providers,
+        Metrics(),
+        WorkloadDefaults(args.workload_namespace, args.workload_labels),
+    )
+    try:
+        decision = await service.check(check)
+    finally:
+        await jwt.aclose()
+    workload = service.workload(check.context)
+    applied = config.for_workload(workload)
+    labels = ",".join(f"{k}={v}" for k, v in sorted(workload.labels)) or "(none)"
+    lines = [
+        f"workload: namespace {workload.namespace}, labels {labels}"
+        + (f", gateway {workload.gateway}" if workload.gateway else ""),
+        "policies that apply:",
+        _policy_list("CUSTOM", applied.custom),
+        _policy_list("AUDIT", applied.audit),
+        _policy_list("DENY", applied.deny),
+        _policy_list("ALLOW", applied.allow),
+        _policy_list("dry-run", applied.dry_run),
+        "  JWT issuers: " + (", ".join(r.issuer for r in applied.jwt_rules) or "none"),
+    ]
+    try:
+        lines.append(f"path: {request_path(check.request.path, config.mesh.path_normalization)}")
+    except InvalidPathError as exc:
+        lines.append(f"path: invalid ({exc})")
+    for name in providers.asked:
+        lines.append(f"CUSTOM: provider {name} would be asked (explain assumes it allows)")
+    verdict = "ALLOW" if decision.allowed else f"DENY {decision.status} {decision.body!r}"
+    lines.append(f"decision: {verdict}")
+    lines.append(f"decided by: {decision.reason}")
+    lines.extend(f"audit: {entry}" for entry in decision.audit)
+    lines.extend(f"dry-run: {entry}" for entry in decision.dry_run)
+    if decision.allowed and decision.upstream_headers:
+        pairs = ", ".join(f"{k}: {v}" for k, v in decision.upstream_headers)
+        lines.append(f"headers set upstream: {pairs}")
+    if decision.upstream_headers_to_remove:
+        lines.append("headers removed upstream: " + ", ".join(decision.upstream_headers_to_remove))
+    return decision, lines

@@ -1,0 +1,93 @@
+"""Plain data shared by the authz service: the request as seen, and the answer given.
+
+``CheckInput`` is what the servicer extracts from an Envoy ``CheckRequest``;
+``Decision`` is what it turns back into a ``CheckResponse``. Everything between
+(path normalization, JWT, policy matching, CUSTOM providers) reads and writes
+these types and nothing from gRPC.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Header = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One end of the connection: IP, port and (with mTLS) its SPIFFE identity."""
+
+    address: str = ""
+    port: int = 0
+    principal: str = ""  # the peer certificate's URI SAN, e.g. spiffe://td/ns/foo/sa/bar
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """The HTTP request Envoy asks about.
+
+    ``headers`` has lower-case names; a header sent several times arrives joined
+    with ``,`` (as Envoy sends it). ``path`` is as received: with query and fragment.
+    """
+
+    method: str = "GET"
+    host: str = ""
+    path: str = "/"
+    scheme: str = "http"
+    protocol: str = "HTTP/1.1"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    body_truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CheckInput:
+    """Everything a decision may depend on."""
+
+    request: HttpRequest
+    source: Peer = field(default_factory=Peer)
+    destination: Peer = field(default_factory=Peer)
+    sni: str = ""
+    context: Mapping[str, str] = field(default_factory=dict)  # CheckRequest context_extensions
+    original: Any = None  # the CheckRequest itself, forwarded as-is to gRPC CUSTOM providers
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Which policy and rule decided, for logs and ``mixerless explain``."""
+
+    stage: str  # "path", "custom", "jwt", "deny", "allow", "default"
+    policy: str = ""  # namespace/name
+    rule: int | None = None
+    detail: str = ""
+
+    def __str__(self) -> str:
+        parts = []
+        if self.policy:
+            parts.append(f"policy {self.policy}")
+        if self.rule is not None:
+            parts.append(f"rule {self.rule}")
+        if self.detail:
+            parts.append(self.detail)
+        return f"{self.stage}: {', '.join(parts)}" if parts else self.stage
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer: allow (with header changes) or deny (with status, body and headers)."""
+
+    allowed: bool
+    status: int = 200  # HTTP status of a denial
+    body: str = ""
+    upstream_headers: tuple[Header, ...] = ()  # set on the request to the upstream
+    upstream_headers_to_remove: tuple[str, ...] = ()
+    downstream_headers: tuple[Header, ...] = ()  # set on the response to the client
+    query_parameters_to_set: tuple[Header, ...] = ()
+    query_parameters_to_remove: tuple[str, ...] = ()
+    dynamic_metadata: Mapping[str, Any] | None = None
+    reason: Reason = field(default_factory=lambda: Reason("default"))
+    audit: tuple[str, ...] = ()  # AUDIT policies that matched
+    dry_run: tuple[str, ...] = ()  # what dry-run policies would have done
+
+
+RBAC_DENIED = "RBAC: access denied"

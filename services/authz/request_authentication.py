@@ -1,0 +1,137 @@
+"""Istio ``RequestAuthentication``: which JWTs a workload accepts, and where to find them.
+
+Validation follows Istio's (``ValidateRequestAuthentication``): an issuer per
+rule, http(s) JWKS URIs, named headers, well-formed output headers.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from services.authz.jwt.rules import JwtRule
+from services.authz.workloads import Attachment, parse_attachment
+from services.policy.durations import parse_duration
+from services.policy.errors import ErrorSink
+from services.policy.fields import Fields
+from services.policy.k8s import ObjectMeta, read_object
+
+KIND = "RequestAuthentication"
+RULE_KEYS = frozenset(
+    {
+        "issuer",
+        "audiences",
+        "jwksUri",
+        "jwks",
+        "fromHeaders",
+        "fromParams",
+        "fromCookies",
+        "outputPayloadToHeader",
+        "forwardOriginalToken",
+        "outputClaimToHeaders",
+        "timeout",
+        "spaceDelimitedClaims",
+    }
+)
+_HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.!#$%&'*+^`|~")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAuthentication:
+    meta: ObjectMeta
+    attachment: Attachment
+    rules: tuple[JwtRule, ...]
+    file: str
+    line: int
+
+
+def _header_name(fields: Fields, key: str, value: str) -> None:
+    if not value or not set(value.lower()) <= _HEADER_NAME_CHARS:
+        fields.error(key, f"'{value}' is not a valid HTTP header name")
+
+
+def _strings(fields: Fields, key: str) -> tuple[str, ...]:
+    raw = fields.sequence(key)
+    if raw is None:
+        return ()
+    values = []
+    for item in raw:
+        if not isinstance(item, str) or not item:
+            fields.error(key, f"values must be non-empty strings, got {item!r}")
+            continue
+        values.append(item)
+    return tuple(values)
+
+
+def _jwt_rule(rule: Fields, source: str) -> JwtRule:
+    issuer = rule.text("issuer", required=True)
+    jwks_uri = rule.text("jwksUri") or None
+    if jwks_uri is not None:
+        parts = urlsplit(jwks_uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            rule.error("jwksUri", f"'{jwks_uri}' must be an http or https URL")
+    jwks = rule.text("jwks") or None
+    headers = []
+    for header in rule.children(
+        "fromHeaders", what="fromHeaders entry", allowed={"name", "prefix"}
+    ):
+        name = header.text("name", required=True)
+        if name:
+            _header_name(header, "name", name)
+        headers.append((name.lower(), header.text("prefix")))
+    claim_headers = []
+    for output in rule.children(
+        "outputClaimToHeaders", what="outputClaimToHeaders entry", allowed={"header", "claim"}
+    ):
+        header_name = output.text("header", required=True)
+        claim = output.text("claim", required=True)
+        if header_name:
+            _header_name(output, "header", header_name)
+        claim_headers.append((header_name.lower(), claim))
+    payload_header = rule.text("outputPayloadToHeader") or None
+    if payload_header:
+        _header_name(rule, "outputPayloadToHeader", payload_header)
+    timeout = 5.0
+    timeout_text = rule.text("timeout")
+    if timeout_text:
+        try:
+            timeout = parse_duration(timeout_text)
+        except ValueError as exc:
+            rule.error("timeout", str(exc))
+    return JwtRule(
+        issuer=issuer,
+        audiences=_strings(rule, "audiences"),
+        jwks=jwks,
+        jwks_uri=jwks_uri,
+        from_headers=tuple(headers),
+        from_params=_strings(rule, "fromParams"),
+        from_cookies=_strings(rule, "fromCookies"),
+        forward_original_token=rule.flag("forwardOriginalToken"),
+        output_payload_to_header=payload_header.lower() if payload_header else None,
+        output_claim_to_headers=tuple(claim_headers),
+        timeout=timeout,
+        space_delimited_claims=_strings(rule, "spaceDelimitedClaims"),
+        source=source,
+    )
+
+
+def compile_request_authentication(
+    body: Any, line: int, sink: ErrorSink
+) -> RequestAuthentication | None:
+    """Validate one RequestAuthentication document; errors go to ``sink``."""
+    errors_before = len(sink.errors)
+    top, meta = read_object(body, line, sink, KIND)
+    spec = top.child(
+        "spec",
+        what="RequestAuthentication spec",
+        allowed={"selector", "targetRef", "targetRefs", "jwtRules"},
+    )
+    if spec is None:
+        spec = Fields({}, path="spec", sink=sink, line=top.line, what="spec", allowed=())
+    rules = tuple(
+        _jwt_rule(rule, f"{meta.key}#jwtRules[{index}]")
+        for index, rule in enumerate(spec.children("jwtRules", what="jwtRule", allowed=RULE_KEYS))
+    )
+    attachment = parse_attachment(spec, meta.namespace)
+    if len(sink.errors) > errors_before:
+        return None
+    return RequestAuthentication(meta, attachment, rules, sink.file, top.line)

@@ -1,0 +1,144 @@
+"""``envoy.service.auth.v3.Authorization/Check``: protobuf in, the model, protobuf out.
+
+Every answer is a ``CheckResponse``: allow (OK with header changes and dynamic
+metadata) or deny (PERMISSION_DENIED / UNAUTHENTICATED with the HTTP status,
+body and headers Envoy sends the client). A malformed request or a bug denies
+that one request; it never becomes a gRPC error or takes the server down.
+"""
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.struct_pb2 import Struct
+
+from services import envoy_api as api
+from services.authz.model import CheckInput, Decision, HttpRequest, Peer
+from services.authz.service import AuthzService
+from services.metrics import Metrics
+
+log = structlog.get_logger("mixerless.authz")
+
+SERVICE = "authz"
+OUTCOMES = ("allow", "deny", "unauthenticated", "error")
+_OK = 0
+_PERMISSION_DENIED = 7
+_UNAUTHENTICATED = 16
+_OVERWRITE = api.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _headers(http: Any) -> dict[str, str]:
+    """Request headers with lower-case names; repeated ones joined with ``,`` as Envoy does."""
+    if http.headers:
+        return {name.lower(): value for name, value in http.headers.items()}
+    joined: dict[str, str] = {}
+    for header in http.header_map.headers:  # sent instead when encode_raw_headers is on
+        value = header.value or header.raw_value.decode("utf-8", "replace")
+        name = header.key.lower()
+        joined[name] = f"{joined[name]},{value}" if name in joined else value
+    return joined
+
+
+def check_input(request: Any) -> CheckInput:
+    """A ``CheckRequest`` as the model."""
+    attributes = request.attributes
+    http = attributes.request.http
+    source = attributes.source
+    destination = attributes.destination
+    body = http.raw_body or http.body.encode("utf-8", "surrogateescape")
+    return CheckInput(
+        request=HttpRequest(
+            method=http.method or "GET",
+            host=http.host,
+            path=http.path or "/",
+            scheme=http.scheme or "http",
+            protocol=http.protocol,
+            headers=_headers(http),
+            body=body,
+            body_truncated=bool(http.size) and http.size > len(body),
+        ),
+        source=Peer(
+            source.address.socket_address.address,
+            source.address.socket_address.port_value,
+            source.principal,
+        ),
+        destination=Peer(
+            destination.address.socket_address.address,
+            destination.address.socket_address.port_value,
+            destination.principal,
+        ),
+        sni=attributes.tls_session.sni,
+        context=dict(attributes.context_extensions),
+        original=request,
+    )
+
+
+def _options(headers: tuple[tuple[str, str], ...]) -> list[Any]:
+    return [
+        api.HeaderValueOption(header=api.HeaderValue(key=k, value=v), append_action=_OVERWRITE)
+        for k, v in headers
+    ]
+
+
+def _struct(values: Mapping[str, Any]) -> Struct:
+    message = Struct()
+    message.update(values)
+    return message
+
+
+def response_for(decision: Decision) -> Any:
+    """The ``CheckResponse`` for a decision."""
+    response = api.CheckResponse()
+    if decision.allowed:
+        response.status.code = _OK
+        ok = response.ok_response
+        ok.headers.extend(_options(decision.upstream_headers))
+        ok.headers_to_remove.extend(decision.upstream_headers_to_remove)
+        ok.response_headers_to_add.extend(_options(decision.downstream_headers))
+        for key, value in decision.query_parameters_to_set:
+            ok.query_parameters_to_set.add(key=key, value=value)
+        ok.query_parameters_to_remove.extend(decision.query_parameters_to_remove)
+    else:
+        response.status.code = _UNAUTHENTICATED if decision.status == 401 else _PERMISSION_DENIED
+        denied = response.denied_response
+        denied.status.code = decision.status
+        denied.body = decision.body
+        denied.headers.extend(_options(decision.downstream_headers))
+    if decision.dynamic_metadata:
+        response.dynamic_metadata.CopyFrom(_struct(decision.dynamic_metadata))
+    return response
+
+
+_INTERNAL_ERROR = Decision(False, 403, "RBAC: access denied")
+
+
+class AuthorizationServicer(api.AuthorizationServicer):  # type: ignore[misc]
+    """Envoy's ext_authz v3 endpoint over an ``AuthzService``."""
+
+    def __init__(self, service: AuthzService, metrics: Metrics) -> None:
+        self._service = service
+        self._record = {
+            outcome: (
+                metrics.rpc_requests.labels(SERVICE, outcome).inc,
+                metrics.rpc_latency.labels(SERVICE, outcome).observe,
+            )
+            for outcome in OUTCOMES
+        }
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            decision = await self._service.check(check_input(request))
+            if decision.allowed:
+                outcome = "allow"
+            else:
+                outcome = "unauthenticated" if decision.status == 401 else "deny"
+        except Exception:  # fail closed: a bug denies this request, and is logged
+            log.exception("Check failed; denying")
+            decision, outcome = _INTERNAL_ERROR, "error"
+        count, observe = self._record[outcome]
+        count()
+        observe(time.perf_counter() - started)
+        return response_for(decision)
