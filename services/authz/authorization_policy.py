@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from services.authz import matchers
+from services.authz import identity_matchers, matchers
 from services.authz.attributes import Attributes
 from services.authz.workloads import Attachment, parse_attachment
 from services.policy.errors import ErrorSink
@@ -119,10 +119,10 @@ def _port(a: Attributes) -> int | None:
 
 SOURCE_FIELDS: dict[str, tuple[Getter, Callable[..., Matcher], bool]] = {
     # field: (reader, matcher factory, needs mTLS or JWT: refused in CUSTOM rules)
-    "principals": (_principal, matchers.principal_matcher, True),
-    "namespaces": (_principal, matchers.namespace_matcher, True),
-    "serviceAccounts": (_principal, matchers.service_account_matcher, True),
-    "requestPrincipals": (_request_principal, matchers.request_principal_matcher, True),
+    "principals": (_principal, identity_matchers.principal_matcher, True),
+    "namespaces": (_principal, identity_matchers.namespace_matcher, True),
+    "serviceAccounts": (_principal, identity_matchers.service_account_matcher, True),
+    "requestPrincipals": (_request_principal, identity_matchers.request_principal_matcher, True),
     "ipBlocks": (lambda a: a.source_ip or None, matchers.ip_matcher, False),
     "remoteIpBlocks": (lambda a: a.remote_ip or None, matchers.ip_matcher, False),
 }
@@ -230,12 +230,12 @@ def _condition_reader(key: str, namespace: str) -> Reader | str:
     simple: dict[str, tuple[Getter, Callable[..., Matcher]]] = {
         "source.ip": (SOURCE_FIELDS["ipBlocks"][0], matchers.ip_matcher),
         "remote.ip": (SOURCE_FIELDS["remoteIpBlocks"][0], matchers.ip_matcher),
-        "source.namespace": (_principal, matchers.namespace_matcher),
-        "source.principal": (_principal, matchers.principal_matcher),
-        "source.trustDomain": (_principal, matchers.trust_domain_matcher),
-        "request.auth.principal": (_request_principal, matchers.request_principal_matcher),
-        "request.auth.audiences": (lambda a: a.claim(("aud",)), matchers.claim_matcher),
-        "request.auth.presenter": (lambda a: a.claim(("azp",)), matchers.claim_matcher),
+        "source.namespace": (_principal, identity_matchers.namespace_matcher),
+        "source.principal": (_principal, identity_matchers.principal_matcher),
+        "source.trustDomain": (_principal, identity_matchers.trust_domain_matcher),
+        "request.auth.principal": (_request_principal, identity_matchers.request_principal_matcher),
+        "request.auth.audiences": (lambda a: a.claim(("aud",)), identity_matchers.claim_matcher),
+        "request.auth.presenter": (lambda a: a.claim(("azp",)), identity_matchers.claim_matcher),
         "destination.ip": (lambda a: a.destination_ip or None, matchers.ip_matcher),
         "destination.port": (_port, matchers.port_matcher),
         "connection.sni": (lambda a: a.sni or None, matchers.string_set),
@@ -244,7 +244,7 @@ def _condition_reader(key: str, namespace: str) -> Reader | str:
         getter, factory = simple[key]
         return getter, factory, ()
     if key == "source.serviceAccount":
-        return _principal, matchers.service_account_matcher, (namespace,)
+        return _principal, identity_matchers.service_account_matcher, (namespace,)
     if key.split("[", 1)[0] in REMOVED_CONDITIONS:
         return f"'{key}' was removed from Istio and is not supported"
     found = _BRACKETED.match(key)
@@ -260,7 +260,7 @@ def _condition_reader(key: str, namespace: str) -> Reader | str:
         name = parts[0].lower()
         return (lambda a, n=name: a.header(n)), matchers.header_value_matcher, ()
     if prefix == "request.auth.claims":
-        return (lambda a, p=parts: a.claim(p)), matchers.claim_matcher, ()
+        return (lambda a, p=parts: a.claim(p)), identity_matchers.claim_matcher, ()
     if prefix.startswith("experimental.envoy.filters."):
         return f"'{key}' reads Envoy filter metadata, which an external authorizer cannot see"
     return f"unknown condition key '{key}'"

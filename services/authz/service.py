@@ -152,11 +152,13 @@ class AuthzService:
                     downstream_headers=tuple(result.response_headers),
                     reason=Reason("jwt", detail=result.body),
                 )
+            # Output headers a client sent itself are removed whether or not it sent a
+            # token, so the upstream can trust them (Envoy's jwt_authn does the same).
+            upstream_remove.extend(result.headers_to_remove)
             if result.status == "ok":
                 attributes.issuer = result.issuer
                 attributes.subject = result.subject
                 attributes.claims = result.claims
-                upstream_remove.extend(result.headers_to_remove)
                 upstream.extend(result.headers_to_add)
                 query_remove.extend(result.query_params_to_remove)
                 metadata = {

@@ -201,6 +201,13 @@ class TestEnvoyAuthz:
         )
         assert gateway.get("/public").status == 200
 
+    def test_forged_identity_header_is_removed(self, gateway: Gateway) -> None:
+        """Without a token, a client's own x-user-id never reaches the upstream."""
+        marker = uuid4().hex
+        assert gateway.get("/public", x_user_id="alice", x_test=marker).status == 200
+        [seen] = [r for r in gateway.upstream.requests() if r.headers.get("x-test") == marker]
+        assert "x-user-id" not in seen.headers
+
     def test_claim_based_admin_access(self, gateway: Gateway) -> None:
         """/admin allows a token whose groups claim holds staff, and denies others."""
         assert gateway.get("/admin/x", authorization=f"Bearer {token('bob')}").status == 200

@@ -258,7 +258,7 @@ class JwtAuthenticator:
 
     def _plan(self, rules: Sequence[JwtRule]) -> _Plan:
         last = self._last
-        if last is not None and last[0] is rules:
+        if last is not None and last[0] is rules and type(rules) is tuple:  # immutable: safe
             return last[1]
         key = tuple(map(id, rules))
         plan = self._plans.get(key)

@@ -395,6 +395,14 @@ class TestCache:
         assert alone.headers_to_remove == again.headers_to_remove == ("authorization",)
         assert together.headers_to_remove == ("x-other", "authorization")
 
+    async def test_mutated_rule_list_is_not_trusted(self, authn: JwtAuthenticator) -> None:
+        """A list changed in place between calls is planned again, not reused."""
+        rules = [RULE]
+        jwt = token(claims(iss=OTHER))
+        assert (await authn.authenticate(rules, bearer(jwt))).status == "invalid"
+        rules.append(JwtRule(issuer=OTHER, jwks=RULE.jwks))
+        assert (await authn.authenticate(rules, bearer(jwt))).status == "ok"
+
     async def test_cache_is_bounded(self, keys: CountingKeys, clock: ManualClock) -> None:
         """The least recently used entries are evicted."""
         authn = JwtAuthenticator(keys, clock, cache_size=2)

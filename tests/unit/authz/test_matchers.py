@@ -5,24 +5,26 @@ from typing import Any
 
 import pytest
 
+from services.authz.identity_matchers import (
+    claim_matcher,
+    namespace_matcher,
+    principal_matcher,
+    request_principal_matcher,
+    service_account_matcher,
+    trust_domain_matcher,
+)
 from services.authz.matchers import (
     StringSet,
     ascii_lower,
-    claim_matcher,
     header_value_matcher,
     host_matcher,
     ip_matcher,
     method_matcher,
-    namespace_matcher,
     parse_ip,
     path_matcher,
     port_matcher,
-    principal_matcher,
-    request_principal_matcher,
-    service_account_matcher,
     string_matcher,
     string_set,
-    trust_domain_matcher,
 )
 
 
