@@ -49,13 +49,15 @@ from typing import Any, Literal
 
 from services.authz.jwt.keys import JwksUnavailableError, KeyResolver, KeySource, RemoteKeySource
 from services.authz.jwt.rules import JwtRule
-from services.authz.jwt.tokens import TokenExtractor, TokenSource
-from services.authz.jwt.verify import (
+from services.authz.jwt.status import (
     CLOCK_SKEW_SECONDS,
     JWKS_KID_ALG_MISMATCH,
     JWT_MISSED,
     JWT_UNKNOWN_ISSUER,
     JwtVerifyError,
+)
+from services.authz.jwt.tokens import TokenExtractor, TokenSource
+from services.authz.jwt.verify import (
     ParsedJwt,
     VerifiedToken,
     audience_checker,

@@ -32,13 +32,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 
+from services.authz.jwt.jwks import JwkSet, parse_jwks
 from services.authz.jwt.rules import JwtRule
-from services.authz.jwt.verify import (
-    JWKS_FETCH_FAIL,
-    JWKS_NO_VALID_KEYS,
-    JwkSet,
-    parse_jwks,
-)
+from services.authz.jwt.status import JWKS_FETCH_FAIL, JWKS_NO_VALID_KEYS
 from services.clock import Clock, SystemClock
 
 log = structlog.get_logger("mixerless.authz.jwt")

@@ -13,7 +13,7 @@ Sources (read through the search tool; jwt_verify_lib now lives in Envoy as
   ``exp != 0 && now > exp + skew`` is "expired"; skew 60 s (``kClockSkewInSecond``);
 * audiences: ``check_audience.cc`` - an empty configured list allows anything;
   ``http://``/``https://`` and one trailing ``/`` are stripped on both sides;
-* keys: ``src/jwks.cc`` (JWK Set, PEM, or a ``{kid: X.509 PEM}`` map) and
+* keys (parsed by ``services.authz.jwt.jwks``, as ``src/jwks.cc`` does) and
   ``src/verify.cc`` ``verifyJwtWithoutTimeChecking`` - a key is skipped when both it and
   the token have a ``kid`` and they differ, or when it has an ``alg`` other than the
   token's; the key's ``kty`` picks the verification (so an RSA key can never act as an
@@ -26,119 +26,51 @@ non-empty sections (Envoy's inlined copy only skips empty sections); base64url
 sections may not contain whitespace or other characters (absl skips whitespace).
 """
 
-import binascii
 import hashlib
 import hmac
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from cryptography.x509 import load_pem_x509_certificate
 
-# --- jwt_verify_lib status strings (src/status.cc) -------------------------------------------
-
-JWT_MISSED = "Jwt is missing"
-JWT_NOT_YET_VALID = "Jwt not yet valid"
-JWT_EXPIRED = "Jwt is expired"
-JWT_BAD_FORMAT = "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
-JWT_HEADER_BAD_BASE64 = "Jwt header is an invalid Base64url encoded"
-JWT_HEADER_BAD_JSON = "Jwt header is an invalid JSON"
-JWT_HEADER_BAD_ALG = "Jwt header [alg] field is required and must be a string"
-JWT_HEADER_NOT_IMPLEMENTED_ALG = "Jwt header [alg] is not supported"
-JWT_HEADER_BAD_KID = "Jwt header [kid] field is not a string"
-JWT_PAYLOAD_BAD_BASE64 = "Jwt payload is an invalid Base64url encoded"
-JWT_PAYLOAD_BAD_JSON = "Jwt payload is an invalid JSON"
-JWT_PAYLOAD_ISS_NOT_STRING = "Jwt payload [iss] field is not a string"
-JWT_PAYLOAD_SUB_NOT_STRING = "Jwt payload [sub] field is not a string"
-JWT_PAYLOAD_IAT_NOT_INTEGER = "Jwt payload [iat] field is not an integer"
-JWT_PAYLOAD_IAT_OUT_OF_RANGE = "Jwt payload [iat] field is not a positive 64 bit integer"
-JWT_PAYLOAD_NBF_NOT_INTEGER = "Jwt payload [nbf] field is not an integer"
-JWT_PAYLOAD_NBF_OUT_OF_RANGE = "Jwt payload [nbf] field is not a positive 64 bit integer"
-JWT_PAYLOAD_EXP_NOT_INTEGER = "Jwt payload [exp] field is not an integer"
-JWT_PAYLOAD_EXP_OUT_OF_RANGE = "Jwt payload [exp] field is not a positive 64 bit integer"
-JWT_PAYLOAD_JTI_NOT_STRING = "Jwt payload [jti] field is not a string"
-JWT_PAYLOAD_AUD_NOT_STRING = "Jwt payload [aud] field is not a string or string list"
-JWT_SIGNATURE_BAD_BASE64 = "Jwt signature is an invalid Base64url encoded"
-JWT_ED25519_SIGNATURE_WRONG_LENGTH = "Jwt ED25519 signature is wrong length"
-JWT_UNKNOWN_ISSUER = "Jwt issuer is not configured"
-JWT_AUDIENCE_NOT_ALLOWED = "Audiences in Jwt are not allowed"
-JWT_VERIFICATION_FAIL = "Jwt verification fails"
-JWKS_PARSE_ERROR = "Jwks is an invalid JSON"
-JWKS_NO_KEYS = "Jwks does not have [keys] field"
-JWKS_BAD_KEYS = "[keys] in Jwks is not an array"
-JWKS_NO_VALID_KEYS = "Jwks doesn't have any valid public key"
-JWKS_KID_ALG_MISMATCH = "Jwks doesn't have key to match kid or alg from Jwt"
-JWKS_FETCH_FAIL = "Jwks remote fetch is failed"
-JWKS_RSA_PARSE_ERROR = "Jwks RSA [n] or [e] field is missing or has a parse error"
-JWKS_EC_X_OR_Y_BAD_BASE64 = "Jwks EC [x] or [y] field is an invalid Base64."
-JWKS_EC_PARSE_ERROR = "Jwks EC [x] and [y] fields have a parse error."
-JWKS_OCT_BAD_BASE64 = "Jwks Oct key is an invalid Base64"
-JWKS_OKP_X_BAD_BASE64 = "Jwks OKP [x] field is an invalid Base64."
-JWKS_OKP_X_WRONG_LENGTH = "Jwks OKP [x] field is wrong length."
-JWKS_MISSING_KTY = "[kty] is missing in [keys]"
-JWKS_BAD_KTY = "[kty] is bad in [keys]"
-JWKS_NOT_IMPLEMENTED_KTY = "[kty] is not supported in [keys]"
-JWKS_RSA_KEY_BAD_ALG = "[alg] is not started with [RS] or [PS] for an RSA key"
-JWKS_RSA_KEY_MISSING_N = "[n] field is missing for a RSA key"
-JWKS_RSA_KEY_BAD_N = "[n] field is not string for a RSA key"
-JWKS_RSA_KEY_MISSING_E = "[e] field is missing for a RSA key"
-JWKS_RSA_KEY_BAD_E = "[e] field is not string for a RSA key"
-JWKS_EC_KEY_BAD_ALG = "[alg] is not started with [ES] for an EC key"
-JWKS_EC_KEY_BAD_CRV = "[crv] field is not string for an EC key"
-JWKS_EC_KEY_ALG_OR_CRV_UNSUPPORTED = "[crv] or [alg] field is not supported for an EC key"
-JWKS_EC_KEY_ALG_NOT_COMPATIBLE_WITH_CRV = (
-    "[crv] field specified is not compatible with [alg] for an EC key"
+from services.authz.jwt.jwks import Jwk, JwkSet, b64url_decode, json_object
+from services.authz.jwt.status import (
+    _UINT64_LIMIT,
+    CLOCK_SKEW_SECONDS,
+    DEFAULT_SPACE_DELIMITED_CLAIMS,
+    JWKS_KID_ALG_MISMATCH,
+    JWT_AUDIENCE_NOT_ALLOWED,
+    JWT_BAD_FORMAT,
+    JWT_ED25519_SIGNATURE_WRONG_LENGTH,
+    JWT_EXPIRED,
+    JWT_HEADER_BAD_ALG,
+    JWT_HEADER_BAD_BASE64,
+    JWT_HEADER_BAD_JSON,
+    JWT_HEADER_BAD_KID,
+    JWT_HEADER_NOT_IMPLEMENTED_ALG,
+    JWT_NOT_YET_VALID,
+    JWT_PAYLOAD_AUD_NOT_STRING,
+    JWT_PAYLOAD_BAD_BASE64,
+    JWT_PAYLOAD_BAD_JSON,
+    JWT_PAYLOAD_EXP_NOT_INTEGER,
+    JWT_PAYLOAD_EXP_OUT_OF_RANGE,
+    JWT_PAYLOAD_IAT_NOT_INTEGER,
+    JWT_PAYLOAD_IAT_OUT_OF_RANGE,
+    JWT_PAYLOAD_ISS_NOT_STRING,
+    JWT_PAYLOAD_JTI_NOT_STRING,
+    JWT_PAYLOAD_NBF_NOT_INTEGER,
+    JWT_PAYLOAD_NBF_OUT_OF_RANGE,
+    JWT_PAYLOAD_SUB_NOT_STRING,
+    JWT_SIGNATURE_BAD_BASE64,
+    JWT_UNKNOWN_ISSUER,
+    JWT_VERIFICATION_FAIL,
+    SUPPORTED_ALGS,
+    JwtVerifyError,
 )
-JWKS_EC_KEY_MISSING_X = "[x] field is missing for an EC key"
-JWKS_EC_KEY_BAD_X = "[x] field is not string for an EC key"
-JWKS_EC_KEY_MISSING_Y = "[y] field is missing for an EC key"
-JWKS_EC_KEY_BAD_Y = "[y] field is not string for an EC key"
-JWKS_HMAC_KEY_BAD_ALG = "[alg] does not start with [HS] for an HMAC key"
-JWKS_HMAC_KEY_MISSING_K = "[k] field is missing for an HMAC key"
-JWKS_HMAC_KEY_BAD_K = "[k] field is not string for an HMAC key"
-JWKS_OKP_KEY_BAD_ALG = "[alg] is not [EdDSA] for an OKP key"
-JWKS_OKP_KEY_MISSING_CRV = "[crv] field is missing for an OKP key"
-JWKS_OKP_KEY_BAD_CRV = "[crv] field is not string for an OKP key"
-JWKS_OKP_KEY_CRV_UNSUPPORTED = "[crv] field is not supported for an OKP key"
-JWKS_OKP_KEY_MISSING_X = "[x] field is missing for an OKP key"
-JWKS_OKP_KEY_BAD_X = "[x] field is not string for an OKP key"
-JWKS_X509_PARSE_ERROR = "X509 parse pubkey fails"
-JWKS_X509_GET_PUBKEY_ERROR = "X509 parse pubkey internal fails: get pubkey"
-JWKS_PEM_NOT_IMPLEMENTED_KTY = "PEM Key type is not supported"
-JWKS_PEM_BAD_BASE64 = "PEM pubkey parse fails"
-
-CLOCK_SKEW_SECONDS = 60  # kClockSkewInSecond; Istio never sets clock_skew_seconds
-DEFAULT_SPACE_DELIMITED_CLAIMS = ("scope", "permission")  # Istio's normalize_payload_in_metadata
-
-SUPPORTED_ALGS = frozenset(
-    {"ES256", "ES384", "ES512", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512"}
-    | {"PS256", "PS384", "PS512", "EdDSA"}
-)
-
-_UINT64_LIMIT = float(2**64)
-_X509_PREFIX = "-----BEGIN CERTIFICATE-----\n"
-_X509_SUFFIX = "\n-----END CERTIFICATE-----\n"
-
-
-class JwtVerifyError(Exception):
-    """A token failed a check; ``status`` is jwt_verify_lib's string for it."""
-
-    def __init__(self, status: str, detail: str = "") -> None:
-        super().__init__(status)
-        self.status = status
-        self.detail = detail
-
-    @property
-    def http_status(self) -> int:
-        """403 for a bad audience, 401 for everything else (Envoy ``Filter::onComplete``)."""
-        return 403 if self.status == JWT_AUDIENCE_NOT_ALLOWED else 401
-
 
 # --- tokens ------------------------------------------------------------------------------------
 
@@ -177,33 +109,6 @@ class VerifiedToken:
     raw_payload_b64: str  # the payload section exactly as in the token
 
 
-# base64url -> standard alphabet; "+" and "/" (not base64url) become "!", which strict
-# decoding rejects along with every other character outside the alphabet.
-_B64URL_TO_STD = bytes.maketrans(b"-_+/", b"+/!!")
-_PADDING = (b"", b"", b"==", b"=")
-
-
-def b64url_decode(segment: str) -> bytes:
-    """Decode unpadded (or correctly padded) base64url; ValueError on anything else."""
-    std = segment.encode("ascii").translate(_B64URL_TO_STD)
-    return binascii.a2b_base64(std + _PADDING[len(std) % 4], strict_mode=True)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)  # NaN/Infinity are not JSON
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = _JSON.decode(raw.decode("utf-8"))
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return None
-    return value if isinstance(value, dict) else None
-
-
 _header_cache: dict[str, tuple[str, str, dict[str, Any]]] = {}
 _HEADER_CACHE_SIZE = 512
 
@@ -216,7 +121,7 @@ def _parse_header(segment: str) -> tuple[str, str, dict[str, Any]]:
         raw = b64url_decode(segment)
     except ValueError:
         raise JwtVerifyError(JWT_HEADER_BAD_BASE64) from None
-    header = _json_object(raw)
+    header = json_object(raw)
     if header is None:
         raise JwtVerifyError(JWT_HEADER_BAD_JSON)
     alg = header.get("alg")
@@ -258,7 +163,7 @@ def parse_jwt(token: str) -> ParsedJwt:
         raw_payload = b64url_decode(payload_b64)
     except ValueError:
         raise JwtVerifyError(JWT_PAYLOAD_BAD_BASE64) from None
-    payload = _json_object(raw_payload)
+    payload = json_object(raw_payload)
     if payload is None:
         raise JwtVerifyError(JWT_PAYLOAD_BAD_JSON)
     issuer = payload.get("iss", "")
@@ -367,225 +272,6 @@ def verified_token(jwt: ParsedJwt, extra_space_delimited: Iterable[str] = ()) ->
         expires_at=float(jwt.exp) if jwt.exp else None,
         raw_payload_b64=jwt.payload_b64,
     )
-
-
-# --- keys ----------------------------------------------------------------------------------------
-
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Jwk:
-    """One usable key: ``kty`` decides how it verifies; ``kid``/``alg`` only select it."""
-
-    kty: str  # "RSA", "EC", "oct" or "OKP"
-    key: PublicKey
-    kid: str = ""
-    alg: str = ""
-    crv: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class JwkSet:
-    """The usable keys of one JWKS, and why anything was rejected (for logs)."""
-
-    keys: tuple[Jwk, ...]
-    errors: tuple[str, ...] = ()
-
-    @property
-    def kids(self) -> frozenset[str]:
-        return frozenset(k.kid for k in self.keys if k.kid)
-
-
-_EC_CURVES: dict[str, ec.EllipticCurve] = {
-    "P-256": ec.SECP256R1(),
-    "P-384": ec.SECP384R1(),
-    "P-521": ec.SECP521R1(),
-}
-_EC_ALG_CRV = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
-_PEM_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-
-
-class _KeyError(Exception):
-    def __init__(self, status: str) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-def _string_field(jwk: dict[str, Any], name: str, missing: str, wrong: str) -> str:
-    if name not in jwk:
-        raise _KeyError(missing)
-    value = jwk[name]
-    if not isinstance(value, str):
-        raise _KeyError(wrong)
-    return value
-
-
-def _b64_int(text: str) -> int | None:
-    try:
-        return int.from_bytes(b64url_decode(text), "big")
-    except ValueError:
-        return None
-
-
-def _rsa_jwk(jwk: dict[str, Any], kid: str, alg: str) -> Jwk:
-    if alg and not alg.startswith(("RS", "PS")):
-        raise _KeyError(JWKS_RSA_KEY_BAD_ALG)
-    n_text = _string_field(jwk, "n", JWKS_RSA_KEY_MISSING_N, JWKS_RSA_KEY_BAD_N)
-    e_text = _string_field(jwk, "e", JWKS_RSA_KEY_MISSING_E, JWKS_RSA_KEY_BAD_E)
-    n, e = _b64_int(n_text), _b64_int(e_text)
-    if n is None or e is None or e not in (3, 65537):
-        raise _KeyError(JWKS_RSA_PARSE_ERROR)
-    try:
-        key = rsa.RSAPublicNumbers(e, n).public_key()
-    except ValueError:
-        raise _KeyError(JWKS_RSA_PARSE_ERROR) from None
-    return Jwk("RSA", key, kid, alg)
-
-
-def _ec_jwk(jwk: dict[str, Any], kid: str, alg: str) -> Jwk:
-    if alg and not alg.startswith("ES"):
-        raise _KeyError(JWKS_EC_KEY_BAD_ALG)
-    crv = jwk.get("crv", "")
-    if not isinstance(crv, str):
-        raise _KeyError(JWKS_EC_KEY_BAD_CRV)
-    if alg and crv and _EC_ALG_CRV.get(alg) != crv:
-        raise _KeyError(JWKS_EC_KEY_ALG_NOT_COMPATIBLE_WITH_CRV)
-    if not alg and not crv:
-        crv = "P-256"
-    if alg in _EC_ALG_CRV:
-        crv = _EC_ALG_CRV[alg]
-    curve = _EC_CURVES.get(crv)
-    if curve is None:
-        raise _KeyError(JWKS_EC_KEY_ALG_OR_CRV_UNSUPPORTED)
-    x_text = _string_field(jwk, "x", JWKS_EC_KEY_MISSING_X, JWKS_EC_KEY_BAD_X)
-    y_text = _string_field(jwk, "y", JWKS_EC_KEY_MISSING_Y, JWKS_EC_KEY_BAD_Y)
-    x, y = _b64_int(x_text), _b64_int(y_text)
-    if x is None or y is None:
-        raise _KeyError(JWKS_EC_X_OR_Y_BAD_BASE64)
-    try:
-        key = ec.EllipticCurvePublicNumbers(x, y, curve).public_key()
-    except ValueError:
-        raise _KeyError(JWKS_EC_PARSE_ERROR) from None
-    return Jwk("EC", key, kid, alg, crv)
-
-
-def _oct_jwk(jwk: dict[str, Any], kid: str, alg: str) -> Jwk:
-    if alg and alg not in ("HS256", "HS384", "HS512"):
-        raise _KeyError(JWKS_HMAC_KEY_BAD_ALG)
-    k_text = _string_field(jwk, "k", JWKS_HMAC_KEY_MISSING_K, JWKS_HMAC_KEY_BAD_K)
-    try:
-        secret = b64url_decode(k_text)
-    except ValueError:
-        secret = b""
-    if not secret:
-        raise _KeyError(JWKS_OCT_BAD_BASE64)
-    return Jwk("oct", secret, kid, alg)
-
-
-def _okp_jwk(jwk: dict[str, Any], kid: str, alg: str) -> Jwk:
-    if alg and alg != "EdDSA":
-        raise _KeyError(JWKS_OKP_KEY_BAD_ALG)
-    crv = _string_field(jwk, "crv", JWKS_OKP_KEY_MISSING_CRV, JWKS_OKP_KEY_BAD_CRV)
-    if crv != "Ed25519":
-        raise _KeyError(JWKS_OKP_KEY_CRV_UNSUPPORTED)
-    x_text = _string_field(jwk, "x", JWKS_OKP_KEY_MISSING_X, JWKS_OKP_KEY_BAD_X)
-    try:
-        raw = b64url_decode(x_text)
-    except ValueError:
-        raise _KeyError(JWKS_OKP_X_BAD_BASE64) from None
-    if len(raw) != 32:
-        raise _KeyError(JWKS_OKP_X_WRONG_LENGTH)
-    return Jwk("OKP", ed25519.Ed25519PublicKey.from_public_bytes(raw), kid, alg, crv)
-
-
-_JWK_PARSERS: dict[str, Callable[[dict[str, Any], str, str], Jwk]] = {
-    "RSA": _rsa_jwk,
-    "EC": _ec_jwk,
-    "oct": _oct_jwk,
-    "OKP": _okp_jwk,
-}
-
-
-def parse_jwk(jwk: dict[str, Any]) -> Jwk:
-    """One JWK (``extractJwk``); raises ``ValueError`` carrying the status string."""
-    try:
-        kty = _string_field(jwk, "kty", JWKS_MISSING_KTY, JWKS_BAD_KTY)
-        kid = jwk.get("kid", "")
-        alg = jwk.get("alg", "")
-        parser = _JWK_PARSERS.get(kty)
-        if parser is None:
-            raise _KeyError(JWKS_NOT_IMPLEMENTED_KTY)
-        return parser(jwk, kid if isinstance(kid, str) else "", alg if isinstance(alg, str) else "")
-    except _KeyError as exc:
-        raise ValueError(exc.status) from None
-
-
-def _pem_key(text: str) -> Jwk:
-    try:
-        key = load_pem_public_key(text.encode("utf-8"))
-    except (ValueError, UnsupportedAlgorithm):
-        raise _KeyError(JWKS_PEM_BAD_BASE64) from None
-    if isinstance(key, rsa.RSAPublicKey):
-        return Jwk("RSA", key)
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return Jwk("EC", key, crv=_PEM_CURVES.get(key.curve.name, key.curve.name))
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return Jwk("OKP", key, crv="Ed25519")
-    raise _KeyError(JWKS_PEM_NOT_IMPLEMENTED_KTY)
-
-
-def _x509_key(kid: str, pem: str) -> Jwk:
-    try:
-        certificate = load_pem_x509_certificate(pem.encode("utf-8"))
-    except ValueError:
-        raise _KeyError(JWKS_X509_PARSE_ERROR) from None
-    key = certificate.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise _KeyError(JWKS_X509_GET_PUBKEY_ERROR)
-    return Jwk("RSA", key, kid)
-
-
-def parse_jwks(text: str) -> JwkSet:
-    """A JWK Set, a PEM public key, or a ``{"kid": "<X.509 PEM>"}`` map (jwks.cc).
-
-    Keys that fail to parse are skipped (their reasons land in ``errors``); an empty
-    ``keys`` means the set is unusable.
-    """
-    stripped = text.strip()
-    if stripped.startswith("-----BEGIN"):
-        try:
-            return JwkSet((_pem_key(stripped),))
-        except _KeyError as exc:
-            return JwkSet((), (exc.status,))
-    document = _json_object(text.encode("utf-8", "surrogatepass"))
-    if document is None:
-        return JwkSet((), (JWKS_PARSE_ERROR,))
-    if "keys" not in document:
-        if document and all(
-            k and isinstance(v, str) and v.startswith(_X509_PREFIX) and v.endswith(_X509_SUFFIX)
-            for k, v in document.items()
-        ):
-            try:
-                return JwkSet(tuple(_x509_key(k, v) for k, v in document.items()))
-            except _KeyError as exc:
-                return JwkSet((), (exc.status,))
-        return JwkSet((), (JWKS_NO_KEYS,))
-    entries = document["keys"]
-    if not isinstance(entries, list):
-        return JwkSet((), (JWKS_BAD_KEYS,))
-    keys: list[Jwk] = []
-    errors: list[str] = []
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        try:
-            keys.append(parse_jwk(entry))
-        except ValueError as exc:
-            errors.append(str(exc))
-    if not keys:
-        errors.append(JWKS_NO_VALID_KEYS)
-    return JwkSet(tuple(keys), tuple(errors))
 
 
 # --- signatures ----------------------------------------------------------------------------------

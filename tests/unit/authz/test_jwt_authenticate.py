@@ -13,9 +13,9 @@ from services.authz.jwt.authenticate import (
     claim_header_value,
     www_authenticate,
 )
+from services.authz.jwt.jwks import JwkSet, parse_jwks
 from services.authz.jwt.keys import JwksUnavailableError, KeyResolver, RemoteKeySource
 from services.authz.jwt.rules import JwtRule
-from services.authz.jwt.verify import JwkSet, parse_jwks
 from services.authz.model import HttpRequest
 from services.clock import ManualClock
 from tests.jwt_issuer import ISSUER, NOW, JwksServer, claims, jwks, tampered, token

@@ -15,7 +15,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from services.authz.jwt import verify as v
-from services.authz.jwt.verify import JwkSet, JwtVerifyError, parse_jwks, verify_jwt
+from services.authz.jwt.jwks import JwkSet, parse_jwks
+from services.authz.jwt.status import JwtVerifyError
+from services.authz.jwt.verify import verify_jwt
 from tests.jwt_issuer import (
     ISSUER,
     NOW,
