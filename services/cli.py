@@ -60,9 +60,11 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{len(exc.errors)} {noun} in {files} file(s)", file=sys.stderr)
         return 1
     domains = len(policy_set.ratelimit.domains)
+    authz = policy_set.authz
     print(
         f"{args.directory}: OK ({len(policy_set.files)} file(s), "
-        f"{domains} rate limit domain(s), digest {policy_set.digest})"
+        f"{domains} rate limit domain(s), {len(authz.policies)} AuthorizationPolicy, "
+        f"{len(authz.authentications)} RequestAuthentication, digest {policy_set.digest})"
     )
     return 0
 
@@ -70,7 +72,10 @@ def _check(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     import asyncio
 
+    from services import logs
     from services.authz.explain import explain
+
+    logs.configure("warning", "console")  # explain's answer is stdout; logs stay out of it
 
     try:
         policy_set = load_directory(args.directory, build_load_options(args))

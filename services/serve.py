@@ -110,8 +110,11 @@ class Application:
         self.jwt: JwtAuthenticator | None = None
         self.providers: ProviderClients | None = None
         if "authz" in settings.services:
+            jwks_errors = self.metrics.backend_errors.labels("jwks")
             remote = RemoteKeySource(
-                clock=self.clock, refresh_interval=settings.jwks_refresh_interval
+                clock=self.clock,
+                refresh_interval=settings.jwks_refresh_interval,
+                on_failure=lambda _rule: jwks_errors.inc(),
             )
             self.jwt = JwtAuthenticator(KeyResolver(remote=remote), self.clock)
             self.providers = ProviderClients()

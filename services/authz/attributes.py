@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class HeaderValues(tuple[str, ...]):
+    """Each value of a header sent more than once; matched one by one (CVE-2026-26308)."""
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class Attributes:
     """One request, as policies see it. Absent values are ``None`` or empty."""
@@ -17,8 +23,9 @@ class Attributes:
     method: str = "GET"
     host: str = ""  # lower-cased :authority, port included when sent
     path: str = "/"  # normalized, without query or fragment
-    raw_path: str = "/"  # as received (the :path header)
+    path_with_query: str = "/"  # the :path header: normalized path, query kept
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    repeated: Mapping[str, HeaderValues] = field(default_factory=dict)
     source_ip: str = ""  # the peer (ipBlocks)
     remote_ip: str = ""  # the trusted client address (remoteIpBlocks)
     source_principal: str = ""  # peer certificate URI SAN (spiffe://...)
@@ -29,9 +36,12 @@ class Attributes:
     subject: str | None = None
     claims: Mapping[str, Any] | None = None
 
-    def header(self, name: str) -> str | None:
+    def header(self, name: str) -> str | HeaderValues | None:
+        """A header's value; a header sent several times gives each of its values."""
+        if name in self.repeated:
+            return self.repeated[name]
         if name == ":path":
-            return self.raw_path
+            return self.path_with_query
         if name == ":method":
             return self.method
         if name in (":authority", "host"):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.authz import identity_matchers, matchers
-from services.authz.attributes import Attributes
+from services.authz.attributes import Attributes, HeaderValues
 from services.authz.workloads import Attachment, parse_attachment
 from services.policy.errors import ErrorSink
 from services.policy.fields import Fields, describe
@@ -52,9 +52,17 @@ class Check:
 
     def holds(self, attributes: Attributes) -> bool:
         value = self.get(attributes)
+        if isinstance(value, HeaderValues):
+            return self._holds_each(value)  # a repeated header: each value on its own
         if self.positive is not None and (value is None or not self.positive.matches(value)):
             return False
         return self.negative is None or value is None or not self.negative.matches(value)
+
+    def _holds_each(self, values: tuple[str, ...]) -> bool:
+        """Some value matches the positive patterns, and none matches a negative one."""
+        if self.positive is not None and not any(self.positive.matches(v) for v in values):
+            return False
+        return self.negative is None or not any(self.negative.matches(v) for v in values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ class WorkloadPolicies:
     allow: tuple[AuthorizationPolicy, ...] = ()
     dry_run: tuple[AuthorizationPolicy, ...] = ()
     jwt_rules: tuple[JwtRule, ...] = ()
+    custom_providers: int = 0  # distinct providers named by the enforced CUSTOM policies
 
 
 class AuthzConfig:
@@ -67,6 +68,7 @@ class AuthzConfig:
         ]
         return WorkloadPolicies(
             custom=tuple(p for p in enforced if p.action is Action.CUSTOM),
+            custom_providers=len({p.provider for p in enforced if p.action is Action.CUSTOM}),
             audit=tuple(p for p in enforced if p.action is Action.AUDIT),
             deny=tuple(p for p in enforced if p.action is Action.DENY),
             allow=tuple(p for p in enforced if p.action is Action.ALLOW),

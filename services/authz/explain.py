@@ -137,7 +137,7 @@ async def explain(config: AuthzConfig, args: argparse.Namespace) -> tuple[Decisi
     lines.append(f"decision: {verdict}")
     lines.append(f"decided by: {decision.reason}")
     lines.extend(f"audit: {entry}" for entry in decision.audit)
-    lines.extend(f"dry-run: {entry}" for entry in decision.dry_run)
+    lines.extend(decision.dry_run)  # each already says "dry-run ..."
     if decision.allowed and decision.upstream_headers:
         pairs = ", ".join(f"{k}: {v}" for k, v in decision.upstream_headers)
         lines.append(f"headers set upstream: {pairs}")

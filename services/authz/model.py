@@ -26,8 +26,9 @@ class Peer:
 class HttpRequest:
     """The HTTP request Envoy asks about.
 
-    ``headers`` has lower-case names; a header sent several times arrives joined
-    with ``,`` (as Envoy sends it). ``path`` is as received: with query and fragment.
+    ``headers`` has lower-case names; a header sent several times is joined with ``,``
+    there (as Envoy joins it), and its separate values are in ``repeated`` when Envoy
+    sent them apart (raw header maps). ``path`` is as received: with query and fragment.
     """
 
     method: str = "GET"
@@ -36,6 +37,7 @@ class HttpRequest:
     scheme: str = "http"
     protocol: str = "HTTP/1.1"
     headers: Mapping[str, str] = field(default_factory=dict)
+    repeated: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     body: bytes = b""
     body_truncated: bool = False
 
@@ -49,6 +51,7 @@ class CheckInput:
     destination: Peer = field(default_factory=Peer)
     sni: str = ""
     context: Mapping[str, str] = field(default_factory=dict)  # CheckRequest context_extensions
+    http: bool = True  # False for a network (TCP) check, which carries no HTTP request
     original: Any = None  # the CheckRequest itself, forwarded as-is to gRPC CUSTOM providers
 
 

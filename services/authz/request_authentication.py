@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from services.authz.jwt.jwks import parse_jwks
 from services.authz.jwt.rules import JwtRule
 from services.authz.workloads import Attachment, parse_attachment
-from services.policy.durations import parse_duration
+from services.policy.durations import parse_proto_duration
 from services.policy.errors import ErrorSink
 from services.policy.fields import Fields
 from services.policy.k8s import ObjectMeta, read_object
@@ -70,6 +71,11 @@ def _jwt_rule(rule: Fields, source: str) -> JwtRule:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             rule.error("jwksUri", f"'{jwks_uri}' must be an http or https URL")
     jwks = rule.text("jwks") or None
+    if jwks is not None:
+        key_set = parse_jwks(jwks)
+        if not key_set.keys:
+            problem = "; ".join(key_set.errors) or "no keys"
+            rule.error("jwks", f"has no usable public key ({problem})")
     headers = []
     for header in rule.children(
         "fromHeaders", what="fromHeaders entry", allowed={"name", "prefix"}
@@ -94,7 +100,7 @@ def _jwt_rule(rule: Fields, source: str) -> JwtRule:
     timeout_text = rule.text("timeout")
     if timeout_text:
         try:
-            timeout = parse_duration(timeout_text)
+            timeout = parse_proto_duration(timeout_text) or timeout  # "0s": Istio's default
         except ValueError as exc:
             rule.error("timeout", str(exc))
     return JwtRule(

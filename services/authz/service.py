@@ -10,18 +10,18 @@ verified claims as dynamic metadata (for rate limits keyed on them).
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import structlog
 
 from services.authz import decide
-from services.authz.attributes import Attributes
+from services.authz.attributes import Attributes, HeaderValues
 from services.authz.client_address import trusted_client_address
 from services.authz.config import AuthzConfig
 from services.authz.jwt.authenticate import JwtAuthenticator
-from services.authz.model import RBAC_DENIED, CheckInput, Decision, Reason
-from services.authz.paths import InvalidPathError, request_path
+from services.authz.model import RBAC_DENIED, CheckInput, Decision, HttpRequest, Reason
+from services.authz.paths import InvalidPathError, full_path_with_query, request_path
 from services.authz.providers.client import AuthzProviderClient
 from services.authz.providers.config import Provider
 from services.authz.workloads import Workload, parse_labels
@@ -84,19 +84,33 @@ class AuthzService:
         config = self._current_config()
         if config is None:
             return NO_POLICY
+        if not check.http:
+            # A network-filter check: HTTP-only rules cannot be evaluated as Istio does for
+            # TCP, so mixerless (an HTTP gateway authorizer) refuses rather than guess.
+            return Decision(False, 403, "", reason=Reason("tcp", detail="TCP checks are denied"))
         request = check.request
         mesh = config.mesh
+        if not request.method.isupper():  # Envoy refuses methods that are not upper-case
+            return Decision(
+                False, 400, "Bad Request", reason=Reason("method", detail=request.method)
+            )
         try:
             path = request_path(request.path, mesh.path_normalization)
+            path_with_query = full_path_with_query(request.path, mesh.path_normalization)
         except InvalidPathError as exc:
             return Decision(False, 400, "Bad Request", reason=Reason("path", detail=str(exc)))
+        if path_with_query != request.path:
+            # Envoy normalizes before any filter: JWT challenges and providers see this path.
+            request = replace(request, path=path_with_query)
+            check = replace(check, request=request)
         policies = config.for_workload(self.workload(check.context))
         attributes = Attributes(
             method=request.method,
             host=request.host.lower(),
             path=path,
-            raw_path=request.path,
+            path_with_query=path_with_query,
             headers=request.headers,
+            repeated={name: HeaderValues(v) for name, v in request.repeated.items()},
             source_ip=check.source.address,
             remote_ip=trusted_client_address(
                 check.source.address,
@@ -118,8 +132,14 @@ class AuthzService:
         for match in decide.custom_matches(policies, attributes):
             provider = mesh.providers.get(match.policy.provider)
             reason = Reason("custom", match.policy.key, match.rule, match.policy.provider)
-            if provider is None:  # Istio turns CUSTOM rules of an unknown provider into DENY
-                detail = f"unknown provider '{match.policy.provider}'"
+            if provider is None or policies.custom_providers > 1:
+                # Istio turns CUSTOM rules into DENY for an unknown provider, and for a
+                # workload with more than one (without PILOT_ENABLE_MULTIPLE_CUSTOM_...).
+                detail = (
+                    f"unknown provider '{match.policy.provider}'"
+                    if provider is None
+                    else "more than one CUSTOM provider applies to this workload"
+                )
                 denied = Reason("custom", match.policy.key, match.rule, detail)
                 return Decision(False, 403, RBAC_DENIED, reason=denied)
             answer = await self._providers.get(provider).check(check)
@@ -142,7 +162,7 @@ class AuthzService:
                 provider_metadata.update(answer.dynamic_metadata)
 
         metadata: dict[str, Any] | None = dict(provider_metadata) if provider_metadata else None
-        if policies.jwt_rules:
+        if policies.jwt_rules and not _cors_preflight(request):
             result = await self._jwt.authenticate(policies.jwt_rules, request)
             if result.status == "invalid":
                 return Decision(
@@ -199,3 +219,14 @@ class AuthzService:
             audit=outcome.audit,
             dry_run=outcome.dry_run,
         )
+
+
+def _cors_preflight(request: HttpRequest) -> bool:
+    """An OPTIONS request with Origin and Access-Control-Request-Method: Istio's jwt_authn
+    (``bypass_cors_preflight``) skips JWT checks for it; authorization still runs."""
+    headers = request.headers
+    return (
+        request.method == "OPTIONS"
+        and "origin" in headers
+        and "access-control-request-method" in headers
+    )

@@ -29,16 +29,18 @@ _UNAUTHENTICATED = 16
 _OVERWRITE = api.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def _headers(http: Any) -> dict[str, str]:
-    """Request headers with lower-case names; repeated ones joined with ``,`` as Envoy does."""
+def _headers(http: Any) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Request headers with lower-case names, repeated ones joined with ``,`` as Envoy
+    joins them; and, from a raw header map, each value of the repeated ones."""
     if http.headers:
-        return {name.lower(): value for name, value in http.headers.items()}
-    joined: dict[str, str] = {}
+        return {name.lower(): value for name, value in http.headers.items()}, {}
+    values: dict[str, list[str]] = {}
     for header in http.header_map.headers:  # sent instead when encode_raw_headers is on
         value = header.value or header.raw_value.decode("utf-8", "replace")
-        name = header.key.lower()
-        joined[name] = f"{joined[name]},{value}" if name in joined else value
-    return joined
+        values.setdefault(header.key.lower(), []).append(value)
+    joined = {name: ",".join(found) for name, found in values.items()}
+    repeated = {name: tuple(found) for name, found in values.items() if len(found) > 1}
+    return joined, repeated
 
 
 def check_input(request: Any) -> CheckInput:
@@ -48,6 +50,7 @@ def check_input(request: Any) -> CheckInput:
     source = attributes.source
     destination = attributes.destination
     body = http.raw_body or http.body.encode("utf-8", "surrogateescape")
+    headers, repeated = _headers(http)
     return CheckInput(
         request=HttpRequest(
             method=http.method or "GET",
@@ -55,7 +58,8 @@ def check_input(request: Any) -> CheckInput:
             path=http.path or "/",
             scheme=http.scheme or "http",
             protocol=http.protocol,
-            headers=_headers(http),
+            headers=headers,
+            repeated=repeated,
             body=body,
             body_truncated=bool(http.size) and http.size > len(body),
         ),
@@ -71,6 +75,7 @@ def check_input(request: Any) -> CheckInput:
         ),
         sni=attributes.tls_session.sni,
         context=dict(attributes.context_extensions),
+        http=attributes.request.HasField("http"),
         original=request,
     )
 

@@ -148,8 +148,12 @@ class _AuthzDocuments:
         self._names: dict[tuple[str, str], str] = {}
 
     def add(self, body: Mapping[str, Any], line: int, sink: ErrorSink) -> None:
-        version, kind = str(body.get("apiVersion")), str(body.get("kind"))
+        version, kind = str(body.get("apiVersion") or ""), str(body.get("kind") or "")
         reader = KINDS.get((version, kind))
+        if not version or not kind:
+            missing = "apiVersion" if not version else "kind"
+            sink.add(line, missing, f"document has no {missing} (mixerless reads: {SUPPORTED})")
+            return
         if reader is None:
             sink.add(
                 line,

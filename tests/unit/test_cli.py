@@ -25,7 +25,8 @@ class TestCheck:
     def test_valid_directory(self, capsys: pytest.CaptureFixture[str]) -> None:
         """A valid directory exits 0 and names what it compiled."""
         assert main(["check", str(FIXTURES / "upstream")]) == 0
-        assert "OK (7 file(s), 7 rate limit domain(s), digest " in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "OK (7 file(s), 7 rate limit domain(s), 0 AuthorizationPolicy, " in out
 
     def test_merge_domains_flag(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """--merge-domains lets two files share a domain."""

@@ -119,6 +119,7 @@ class RemoteKeySource:
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
         min_refresh_gap: float = DEFAULT_MIN_REFRESH_GAP,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        on_failure: Callable[[JwtRule], None] | None = None,
     ) -> None:
         self._clock = clock or SystemClock()
         self._session_factory = session_factory or aiohttp.ClientSession
@@ -126,6 +127,7 @@ class RemoteKeySource:
         self._retry_interval = retry_interval
         self._min_refresh_gap = min_refresh_gap
         self._max_bytes = max_bytes
+        self._on_failure = on_failure  # e.g. count the failure in metrics
         self._entries: dict[tuple[str, str | None], _Entry] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -202,6 +204,8 @@ class RemoteKeySource:
         except JwksUnavailableError as exc:
             entry.failed_at = self._clock.monotonic()
             entry.error = exc.detail
+            if self._on_failure is not None:
+                self._on_failure(rule)
             log.warning(
                 "jwks fetch failed",
                 issuer=rule.issuer,

@@ -36,6 +36,7 @@ from typing import Any
 
 from services.authz.providers.header_template import HeaderTemplate, host_port
 from services.envoy_api import HTTP_STATUS_CODES
+from services.policy.durations import PROTO_DURATION_HINT, parse_proto_duration
 from services.policy.fields import Fields, describe
 from services.policy.yamltext import LineList
 
@@ -45,7 +46,6 @@ KINDS = (GRPC_KIND, HTTP_KIND)
 
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_STATUS_ON_ERROR = 403
-_MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's range
 _UINT32_MAX = 2**32 - 1
 
 _COMMON_KEYS = frozenset(
@@ -74,7 +74,6 @@ HTTP_KEYS = _COMMON_KEYS | {
 }
 BODY_KEYS = frozenset({"maxRequestBytes", "allowPartialMessage", "packAsBytes"})
 
-_DURATION = re.compile(r"^(-?)(\d+)(?:\.(\d{1,9}))?s$")
 _STATUS = re.compile(r"^[+-]?\d+$")
 _LABEL = re.compile(r"^[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -296,23 +295,14 @@ def _parse_timeout(spec: Fields) -> float:
     raw = spec.raw("timeout")
     if raw is None:
         return DEFAULT_TIMEOUT
-    message = 'must be a protobuf Duration string in seconds, such as "10s" or "0.5s"'
     if not isinstance(raw, str):
-        spec.error("timeout", f"{message}, got {describe(raw)}")
+        spec.error("timeout", f"must be {PROTO_DURATION_HINT}, got {describe(raw)}")
         return DEFAULT_TIMEOUT
-    found = _DURATION.match(raw)
-    if found is None:
-        spec.error("timeout", f"{message}, got {raw!r}")
+    try:
+        return parse_proto_duration(raw)
+    except ValueError as exc:
+        spec.error("timeout", str(exc))
         return DEFAULT_TIMEOUT
-    sign, whole, fraction = found.groups()
-    seconds = int(whole) + int((fraction or "0").ljust(9, "0")) / 1e9
-    if sign and seconds:
-        spec.error("timeout", f"must not be negative, got {raw!r}")
-        return DEFAULT_TIMEOUT
-    if seconds > _MAX_DURATION_SECONDS:
-        spec.error("timeout", f"is out of the range of a protobuf Duration: {raw!r}")
-        return DEFAULT_TIMEOUT
-    return seconds
 
 
 def _parse_status(spec: Fields) -> int:

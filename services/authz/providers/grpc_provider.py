@@ -157,6 +157,10 @@ def provider_request(check: CheckInput, settings: RequestBody | None, body: Chec
     else:
         _fill_from_input(request, check)
     http = request.attributes.request.http
+    if http.path != check.request.path:  # the path as normalized for policies
+        http.path = check.request.path
+        if ":path" in http.headers:
+            http.headers[":path"] = check.request.path
     http.ClearField("body")
     http.ClearField("raw_body")
     http.headers.pop(PARTIAL_BODY_HEADER, None)

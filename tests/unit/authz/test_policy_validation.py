@@ -162,6 +162,35 @@ INVALID = {
         """,
         "spec.jwtRules[0].jwksUri: 'file:///etc/passwd' must be an http or https URL",
     ),
+    "inline jwks without a usable key": (
+        """
+        apiVersion: security.istio.io/v1
+        kind: RequestAuthentication
+        metadata: {name: r, namespace: istio-system}
+        spec:
+          jwtRules:
+          - issuer: a
+            jwks: '{"keys": [{"kty": "RSA", "n": "AQAB"}]}'
+        """,
+        "7: spec.jwtRules[0].jwks: has no usable public key",
+    ),
+    "jwt timeout not a protobuf duration": (
+        """
+        apiVersion: security.istio.io/v1
+        kind: RequestAuthentication
+        metadata: {name: r, namespace: istio-system}
+        spec:
+          jwtRules:
+          - issuer: a
+            jwksUri: https://example.com/jwks
+            timeout: 500ms
+        """,
+        "spec.jwtRules[0].timeout: must be a protobuf Duration string in seconds",
+    ),
+    "missing apiVersion": (
+        "kind: AuthorizationPolicy\nmetadata: {name: x}\n",
+        "1: apiVersion: document has no apiVersion",
+    ),
     "unknown kind": (
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\n",
         "1: kind: unsupported document kind 'PeerAuthentication'",
