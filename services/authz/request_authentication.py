@@ -50,19 +50,6 @@ def _header_name(fields: Fields, key: str, value: str) -> None:
         fields.error(key, f"'{value}' is not a valid HTTP header name")
 
 
-def _strings(fields: Fields, key: str) -> tuple[str, ...]:
-    raw = fields.sequence(key)
-    if raw is None:
-        return ()
-    values = []
-    for item in raw:
-        if not isinstance(item, str) or not item:
-            fields.error(key, f"values must be non-empty strings, got {item!r}")
-            continue
-        values.append(item)
-    return tuple(values)
-
-
 def _jwt_rule(rule: Fields, source: str) -> JwtRule:
     issuer = rule.text("issuer", required=True)
     jwks_uri = rule.text("jwksUri") or None
@@ -105,17 +92,17 @@ def _jwt_rule(rule: Fields, source: str) -> JwtRule:
             rule.error("timeout", str(exc))
     return JwtRule(
         issuer=issuer,
-        audiences=_strings(rule, "audiences"),
+        audiences=rule.strings("audiences"),
         jwks=jwks,
         jwks_uri=jwks_uri,
         from_headers=tuple(headers),
-        from_params=_strings(rule, "fromParams"),
-        from_cookies=_strings(rule, "fromCookies"),
+        from_params=rule.strings("fromParams"),
+        from_cookies=rule.strings("fromCookies"),
         forward_original_token=rule.flag("forwardOriginalToken"),
         output_payload_to_header=payload_header.lower() if payload_header else None,
         output_claim_to_headers=tuple(claim_headers),
         timeout=timeout,
-        space_delimited_claims=_strings(rule, "spaceDelimitedClaims"),
+        space_delimited_claims=rule.strings("spaceDelimitedClaims"),
         source=source,
     )
 

@@ -147,6 +147,19 @@ class Fields:
         value = self._typed(key, (list,), "a list", required)
         return None if value is _MISSING else value
 
+    def strings(self, key: str) -> tuple[str, ...]:
+        """A list of non-empty strings (absent: empty); other items are errors."""
+        raw = self.sequence(key)
+        if raw is None:
+            return ()
+        found = []
+        for item in raw:
+            if not isinstance(item, str) or not item:
+                self.error(key, f"values must be non-empty strings, got {describe(item)}")
+                continue
+            found.append(item)
+        return tuple(found)
+
     def child(self, key: str, *, what: str, allowed: Collection[str] | None) -> "Fields | None":
         """The fields of the sub-mapping at ``key``, or None if absent or not a mapping."""
         if self._map.get(key) is None:

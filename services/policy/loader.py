@@ -26,6 +26,12 @@ from services.policy.errors import ErrorSink, PolicyError, PolicyLoadError
 from services.policy.yamltext import YamlSyntaxError, parse_documents
 from services.ratelimit.config import ConfigDocument, compile_config, is_ratelimit_document
 from services.ratelimit.model import RateLimitConfig
+from services.xds.gateway import Gateway, compile_gateway
+from services.xds.ratelimit_policy import (
+    RateLimitPolicy,
+    compile_rate_limit_policy,
+    descriptor_config,
+)
 
 # apiVersion/kind -> which compiler reads the document
 KINDS: dict[tuple[str, str], str] = {
@@ -34,6 +40,8 @@ KINDS: dict[tuple[str, str], str] = {
     ("security.istio.io/v1", "RequestAuthentication"): "RequestAuthentication",
     ("security.istio.io/v1beta1", "RequestAuthentication"): "RequestAuthentication",
     ("mixerless.io/v1alpha1", "MeshConfig"): "MeshConfig",
+    ("mixerless.io/v1alpha1", "Gateway"): "Gateway",
+    ("mixerless.io/v1alpha1", "RateLimitPolicy"): "RateLimitPolicy",
     ("v1", "ConfigMap"): "ConfigMap",
 }
 SUPPORTED = ", ".join(sorted({f"{kind} ({version})" for version, kind in KINDS}))
@@ -60,6 +68,11 @@ class PolicySet:
     files: tuple[str, ...] = ()
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     authz: AuthzConfig = field(default_factory=lambda: AuthzConfig(MeshSettings()))
+    gateways: tuple[Gateway, ...] = ()
+    rate_limit_policies: tuple[RateLimitPolicy, ...] = ()
+
+    def gateway_policies(self, gateway: str) -> tuple[RateLimitPolicy, ...]:
+        return tuple(p for p in self.rate_limit_policies if p.gateway == gateway)
 
 
 def is_policy_file(name: str) -> bool:
@@ -95,7 +108,7 @@ def load_directory(directory: Path, options: LoadOptions) -> PolicySet:
     digest = hashlib.sha256()
     sinks: list[ErrorSink] = []
     ratelimit_documents: list[ConfigDocument] = []
-    authz = _AuthzDocuments()
+    kinds = _KindDocuments()
     names: list[str] = []
     for path in policy_files(directory):
         relative = path.relative_to(directory).as_posix()
@@ -123,7 +136,7 @@ def load_directory(directory: Path, options: LoadOptions) -> PolicySet:
             if is_ratelimit_document(body):
                 ratelimit_documents.append(ConfigDocument(body, document.line, sink))
             elif isinstance(body, dict) and ("kind" in body or "apiVersion" in body):
-                authz.add(body, document.line, sink)
+                kinds.add(body, document.line, sink)
             else:
                 sink.add(
                     document.line,
@@ -131,20 +144,30 @@ def load_directory(directory: Path, options: LoadOptions) -> PolicySet:
                     "unrecognised document: expected a rate limit config "
                     "(domain + descriptors) or a document with apiVersion and kind",
                 )
+    ratelimit_documents.extend(kinds.link_gateways())
     ratelimit = compile_config(ratelimit_documents, merge_domains=options.merge_domains)
     errors = [error for sink in sinks for error in sink.errors]
     if errors:
         raise PolicyLoadError(errors)
-    return PolicySet(digest.hexdigest()[:16], tuple(names), ratelimit, authz.config())
+    return PolicySet(
+        digest.hexdigest()[:16],
+        tuple(names),
+        ratelimit,
+        kinds.config(),
+        tuple(gateway for gateway, _ in kinds.gateways),
+        tuple(policy for policy, _ in kinds.rate_limit_policies),
+    )
 
 
-class _AuthzDocuments:
-    """Istio and mixerless kinds, compiled as they are read; cross-document checks at the end."""
+class _KindDocuments:
+    """Documents with apiVersion/kind, compiled as they are read; cross-document checks last."""
 
     def __init__(self) -> None:
         self.policies: list[AuthorizationPolicy] = []
         self.authentications: list[RequestAuthentication] = []
         self.meshes: list[MeshSettings] = []
+        self.gateways: list[tuple[Gateway, ErrorSink]] = []
+        self.rate_limit_policies: list[tuple[RateLimitPolicy, ErrorSink]] = []
         self._names: dict[tuple[str, str], str] = {}
 
     def add(self, body: Mapping[str, Any], line: int, sink: ErrorSink) -> None:
@@ -170,6 +193,14 @@ class _AuthzDocuments:
             authn = compile_request_authentication(body, line, sink)
             if authn is not None and self._unique(kind, authn.meta.key, sink, line):
                 self.authentications.append(authn)
+        elif reader == "Gateway":
+            compiled = compile_gateway(body, line, sink)
+            if compiled is not None and self._unique(kind, compiled.name, sink, line):
+                self.gateways.append((compiled, sink))
+        elif reader == "RateLimitPolicy":
+            quota = compile_rate_limit_policy(body, line, sink)
+            if quota is not None and self._unique(kind, quota.key, sink, line):
+                self.rate_limit_policies.append((quota, sink))
         else:
             compile_mesh = compile_mesh_config if reader == "MeshConfig" else _istio_configmap
             mesh = compile_mesh(body, line, sink)
@@ -186,6 +217,36 @@ class _AuthzDocuments:
             return False
         self._names[(kind, key)] = f"{sink.file}:{line}"
         return True
+
+    def link_gateways(self) -> list[ConfigDocument]:
+        """Check what gateways and rate limit policies name; derive each gateway's domain."""
+        by_name = {gateway.name: gateway for gateway, _ in self.gateways}
+        nodes: dict[str, str] = {}
+        for known_gateway, sink in self.gateways:
+            for node in known_gateway.nodes:
+                if node in nodes:
+                    message = f"node '{node}' also serves {nodes[node]}"
+                    sink.add(known_gateway.line, "spec.nodes", message)
+                nodes[node] = known_gateway.name
+        derived: dict[str, list[dict[str, Any]]] = {}
+        for quota, sink in self.rate_limit_policies:
+            gateway = by_name.get(quota.gateway)
+            if gateway is None:
+                sink.add(quota.line, "spec.targetRef.name", f"no Gateway named '{quota.gateway}'")
+                continue
+            known = {route.name for route in gateway.routes}
+            for route in quota.routes:
+                if route not in known:
+                    sink.add(
+                        quota.line, "spec.routes", f"Gateway {gateway.name} has no route '{route}'"
+                    )
+            derived.setdefault(gateway.name, []).append(descriptor_config(quota))
+        documents = []
+        for gateway, sink in self.gateways:
+            if gateway.name in derived:
+                body = {"domain": gateway.domain, "descriptors": derived[gateway.name]}
+                documents.append(ConfigDocument(body, gateway.line, sink))
+        return documents
 
     def config(self) -> AuthzConfig:
         mesh = self.meshes[0] if self.meshes else MeshSettings()

@@ -1,0 +1,1 @@
+"""The xds service: an Aggregated Discovery Service that configures gateway Envoys."""

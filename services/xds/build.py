@@ -1,0 +1,324 @@
+"""Gateway policies -> the Envoy resources of one gateway: pure, no I/O.
+
+Per gateway listener: a Listener whose HTTP connection manager runs
+``ext_authz`` (to mixerless authz), ``ratelimit`` (to mixerless ratelimit), then the
+router, with the path normalization and trusted-proxy settings Istio gives its
+gateways; a RouteConfiguration with every route, its rate limit actions and the
+authz context (namespace, labels, gateway) the authz service selects policies by.
+Per route: a Cluster, with its ClusterLoadAssignment when the backend is given by IP.
+
+Resources are written as Envoy's JSON and parsed into protobuf messages, so a
+field Envoy does not know fails here, at build time, and never reaches an Envoy.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format
+
+from services import envoy_api as api
+from services.authz.mesh_config import MeshSettings
+from services.authz.paths import PathNormalization
+from services.xds.gateway import Endpoint, Gateway, Route, RouteMatch
+from services.xds.ratelimit_policy import RateLimitPolicy, route_actions
+from services.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    Snapshot,
+    check_consistent,
+)
+
+AUTHZ_CLUSTER = "mixerless_authz"
+RATELIMIT_CLUSTER = "mixerless_ratelimit"
+_ADS = {"ads": {}, "resource_api_version": "V3"}
+_T = "type.googleapis.com/"
+HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+EXT_AUTHZ = _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+EXT_AUTHZ_PER_ROUTE = _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+RATELIMIT = _T + "envoy.extensions.filters.http.ratelimit.v3.RateLimit"
+ROUTER = _T + "envoy.extensions.filters.http.router.v3.Router"
+HTTP_OPTIONS = _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+DOWNSTREAM_TLS = _T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Where a gateway's Envoys reach mixerless when the Gateway does not say."""
+
+    authz: Endpoint
+    ratelimit: Endpoint
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def _endpoints(name: str, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    return {
+        "cluster_name": name,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {"socket_address": {"address": e.host, "port_value": e.port}}
+                        }
+                    }
+                    for e in endpoints
+                ]
+            }
+        ],
+    }
+
+
+def _http2() -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": HTTP_OPTIONS,
+            "explicit_http_config": {
+                "http2_protocol_options": {
+                    "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                }
+            },
+        }
+    }
+
+
+def _cluster(
+    name: str, endpoints: Sequence[Endpoint], *, http2: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A cluster, and its ClusterLoadAssignment when it is served by EDS (IP endpoints)."""
+    cluster: dict[str, Any] = {"name": name, "connect_timeout": "1s"}
+    assignment = None
+    if all(e.is_ip for e in endpoints):
+        cluster["type"] = "EDS"
+        cluster["eds_cluster_config"] = {"eds_config": _ADS}
+        assignment = _endpoints(name, endpoints)
+    else:  # host names: resolved by Envoy
+        cluster["type"] = "STRICT_DNS"
+        cluster["load_assignment"] = _endpoints(name, endpoints)
+    if http2:
+        cluster["typed_extension_protocol_options"] = _http2()
+    return cluster, assignment
+
+
+def _header_matcher(name: str, kind: str, value: str, invert: bool) -> dict[str, Any]:
+    matcher: dict[str, Any] = {"name": name}
+    if kind == "present":
+        matcher["present_match"] = value == "true"
+    elif kind == "regex":
+        matcher["string_match"] = {"safe_regex": {"regex": value}}
+    else:
+        matcher["string_match"] = {kind: value}
+    if invert:
+        matcher["invert_match"] = True
+    return matcher
+
+
+def _route_match(match: RouteMatch) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if match.exact is not None:
+        found["path"] = match.exact
+    elif match.regex is not None:
+        found["safe_regex"] = {"regex": match.regex}
+    else:
+        found["prefix"] = match.prefix or "/"
+    headers = [_header_matcher(h.name, h.kind, h.value, h.invert) for h in match.headers]
+    if match.methods:
+        regex = "^(?:" + "|".join(match.methods) + ")$"
+        headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": regex}}})
+    if headers:
+        found["headers"] = headers
+    return found
+
+
+def _route(gateway: Gateway, route: Route, policies: Sequence[RateLimitPolicy]) -> dict[str, Any]:
+    action: dict[str, Any] = {"cluster": f"{gateway.name}/{route.name}"}
+    if route.timeout is not None:
+        action["timeout"] = _seconds(route.timeout)
+    if route.retries is not None:
+        retry: dict[str, Any] = {
+            "retry_on": route.retries.retry_on,
+            "num_retries": route.retries.attempts,
+        }
+        if route.retries.per_try_timeout is not None:
+            retry["per_try_timeout"] = _seconds(route.retries.per_try_timeout)
+        action["retry_policy"] = retry
+    rate_limits = [route_actions(p) for p in policies if not p.routes or route.name in p.routes] + [
+        dict(entry) for entry in route.rate_limits
+    ]
+    if rate_limits:
+        action["rate_limits"] = rate_limits
+    per_route: dict[str, Any] = {"@type": EXT_AUTHZ_PER_ROUTE}
+    if route.authz:
+        extensions = {"namespace": gateway.meta.namespace, "gateway": gateway.name}
+        if gateway.labels_text:
+            extensions["labels"] = gateway.labels_text
+        per_route["check_settings"] = {"context_extensions": extensions}
+    else:
+        per_route["disabled"] = True
+    return {
+        "name": route.name,
+        "match": _route_match(route.match),
+        "route": action,
+        "typed_per_filter_config": {"envoy.filters.http.ext_authz": per_route},
+    }
+
+
+def _filters(gateway: Gateway) -> list[dict[str, Any]]:
+    authz, ratelimit = gateway.authz, gateway.rate_limit
+    return [
+        {
+            "name": "envoy.filters.http.ext_authz",
+            "typed_config": {
+                "@type": EXT_AUTHZ,
+                "transport_api_version": "V3",
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": AUTHZ_CLUSTER},
+                    "timeout": _seconds(authz.timeout),
+                },
+                "failure_mode_allow": authz.fail_open,
+                "include_peer_certificate": True,
+                "encode_raw_headers": True,  # repeated headers arrive value by value
+            },
+        },
+        {
+            "name": "envoy.filters.http.ratelimit",
+            "typed_config": {
+                "@type": RATELIMIT,
+                "domain": gateway.domain,
+                "timeout": _seconds(ratelimit.timeout),
+                "failure_mode_deny": not ratelimit.fail_open,
+                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+                "rate_limit_service": {
+                    "transport_api_version": "V3",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
+                },
+            },
+        },
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+    ]
+
+
+def _listener(gateway: Gateway, listener: Any, mesh: MeshSettings) -> dict[str, Any]:
+    mode = mesh.path_normalization
+    hcm: dict[str, Any] = {
+        "@type": HCM,
+        "stat_prefix": f"{gateway.name}_{listener.name}",
+        "rds": {"route_config_name": f"{gateway.name}/{listener.name}", "config_source": _ADS},
+        # As Istio configures a gateway: the client address from XFF past trusted proxies.
+        "use_remote_address": True,
+        "xff_num_trusted_hops": mesh.num_trusted_proxies,
+        "normalize_path": mode is not PathNormalization.NONE,
+        "merge_slashes": mode
+        in (PathNormalization.MERGE_SLASHES, PathNormalization.DECODE_AND_MERGE_SLASHES),
+        "http_filters": _filters(gateway),
+    }
+    if mode is PathNormalization.DECODE_AND_MERGE_SLASHES:
+        hcm["path_with_escaped_slashes_action"] = "UNESCAPE_AND_FORWARD"
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    }
+    if listener.certificate_file:
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": DOWNSTREAM_TLS,
+                "common_tls_context": {
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": listener.certificate_file},
+                            "private_key": {"filename": listener.private_key_file},
+                        }
+                    ]
+                },
+            },
+        }
+    return {
+        "name": f"{gateway.name}/{listener.name}",
+        "address": {"socket_address": {"address": listener.address, "port_value": listener.port}},
+        "filter_chains": [chain],
+    }
+
+
+def gateway_resources(
+    gateway: Gateway,
+    policies: Sequence[RateLimitPolicy],
+    mesh: MeshSettings,
+    services: Services,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every resource of ``gateway`` as Envoy JSON, by type URL and name."""
+    clusters: dict[str, dict[str, Any]] = {}
+    assignments: dict[str, dict[str, Any]] = {}
+    for route in gateway.routes:
+        name = f"{gateway.name}/{route.name}"
+        clusters[name], assignment = _cluster(name, route.endpoints, http2=route.http2)
+        if assignment is not None:
+            assignments[name] = assignment
+    for name, endpoint in (
+        (AUTHZ_CLUSTER, gateway.authz.address or services.authz),
+        (RATELIMIT_CLUSTER, gateway.rate_limit.address or services.ratelimit),
+    ):
+        clusters[name], assignment = _cluster(name, [endpoint], http2=True)
+        if assignment is not None:
+            assignments[name] = assignment
+    listeners = {}
+    routes = {}
+    route_entries = [_route(gateway, route, policies) for route in gateway.routes]
+    for listener in gateway.listeners:
+        built = _listener(gateway, listener, mesh)
+        listeners[built["name"]] = built
+        routes[built["name"]] = {
+            "name": built["name"],
+            "virtual_hosts": [
+                {"name": listener.name, "domains": list(listener.hosts), "routes": route_entries}
+            ],
+        }
+    return {CLUSTER: clusters, ENDPOINT: assignments, LISTENER: listeners, ROUTE: routes}
+
+
+_MESSAGES: Mapping[str, Any] = {
+    CLUSTER: api.Cluster,
+    ENDPOINT: api.ClusterLoadAssignment,
+    LISTENER: api.Listener,
+    ROUTE: api.RouteConfiguration,
+}
+
+
+def build_snapshot(
+    gateway: Gateway,
+    policies: Sequence[RateLimitPolicy],
+    mesh: MeshSettings,
+    services: Services,
+) -> Snapshot:
+    """The gateway's snapshot: resources parsed into protobuf, checked for consistency.
+
+    Raises ``ValueError`` (or ``InconsistentSnapshotError``) naming what is wrong.
+    """
+    resources = gateway_resources(gateway, policies, mesh, services)
+    messages: dict[str, dict[str, Any]] = {}
+    for type_url, named in resources.items():
+        messages[type_url] = {}
+        for name, body in named.items():
+            try:
+                messages[type_url][name] = json_format.ParseDict(body, _MESSAGES[type_url]())
+            except json_format.ParseError as exc:
+                raise ValueError(f"{type_url.rsplit('.', 1)[-1]} {name}: {exc}") from exc
+    snapshot = Snapshot.build(messages)
+    eds = {name for name, body in resources[CLUSTER].items() if body.get("type") == "EDS"}
+    referenced = {
+        ENDPOINT: frozenset(eds),
+        ROUTE: frozenset(resources[LISTENER]),
+        CLUSTER: frozenset(
+            route["route"]["cluster"]
+            for config in resources[ROUTE].values()
+            for host in config["virtual_hosts"]
+            for route in host["routes"]
+        )
+        | {AUTHZ_CLUSTER, RATELIMIT_CLUSTER},
+    }
+    check_consistent(snapshot, referenced)
+    return snapshot

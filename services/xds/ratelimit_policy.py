@@ -1,0 +1,242 @@
+"""The ``RateLimitPolicy`` kind (``mixerless.io/v1alpha1``): a quota on a gateway's routes.
+
+```yaml
+apiVersion: mixerless.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: product-per-user, namespace: istio-system}
+spec:
+  targetRef: {kind: Gateway, name: public}
+  routes: [products]                 # optional: default every route of the gateway
+  match: {paths: ["/product", "/product/*"], methods: [GET]}   # optional
+  limit: {requests: 100, unit: minute}
+  countBy: {subject: {}}             # or {claim: groups}, {clientAddress: {}}, {header: x-api-key}
+```
+
+One policy becomes both halves of Envoy rate limiting, so they cannot disagree:
+
+* route actions (``route_actions``): ``generic_key`` naming the policy, a
+  ``header_value_match`` when the policy matches only some requests, and the entry it
+  counts by (the verified JWT subject or a claim from the authz service's dynamic
+  metadata - never a header the client could forge - the client address, a header);
+* the descriptors of the gateway's rate limit domain (``descriptor_config``), in the
+  envoyproxy/ratelimit config format the rate limit service already reads.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from services.policy.errors import ErrorSink
+from services.policy.k8s import ObjectMeta, read_object
+from services.ratelimit.model import Unit
+
+KIND = "RateLimitPolicy"
+AUTHZ_METADATA = "envoy.filters.http.ext_authz"
+ANONYMOUS = "anonymous"  # what an unauthenticated request is counted as
+COUNT_BY = ("subject", "claim", "clientAddress", "header")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitPolicy:
+    meta: ObjectMeta
+    gateway: str
+    routes: tuple[str, ...]  # empty: every route
+    paths: tuple[str, ...]
+    methods: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...]  # (name, exact value or "*" for presence)
+    requests: int
+    unit: Unit
+    count_by: str  # one of COUNT_BY, or "" for one global counter
+    count_value: str  # the claim or header name
+    shadow_mode: bool
+    file: str
+    line: int
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+    @property
+    def descriptor_key(self) -> str:
+        """The entry a request is counted by."""
+        return {
+            "subject": "user",
+            "claim": "claim",
+            "clientAddress": "client",
+            "header": "header",
+        }.get(self.count_by, "")
+
+    @property
+    def matches_some(self) -> bool:
+        return bool(self.paths or self.methods or self.headers)
+
+
+def _path_regex(patterns: tuple[str, ...]) -> str:
+    """Istio value syntax (exact, ``x*``, ``*x``) as one RE2 regex on ``:path`` (query allowed)."""
+    parts = []
+    for pattern in patterns:
+        if pattern == "*":
+            parts.append("/[^?]*")
+        elif pattern.endswith("*"):
+            parts.append(re.escape(pattern[:-1]) + "[^?]*")
+        elif pattern.startswith("*"):
+            parts.append("[^?]*" + re.escape(pattern[1:]))
+        else:
+            parts.append(re.escape(pattern))
+    return "^(?:" + "|".join(parts) + r")(?:\?.*)?$"
+
+
+def route_actions(policy: RateLimitPolicy) -> dict[str, Any]:
+    """The Envoy ``RateLimit`` (route ``rate_limits`` entry) for this policy, as JSON."""
+    actions: list[dict[str, Any]] = [
+        {"generic_key": {"descriptor_key": "policy", "descriptor_value": policy.key}}
+    ]
+    if policy.matches_some:
+        headers: list[dict[str, Any]] = []
+        if policy.paths:
+            regex = _path_regex(policy.paths)
+            headers.append({"name": ":path", "string_match": {"safe_regex": {"regex": regex}}})
+        if policy.methods:
+            regex = "^(?:" + "|".join(re.escape(m) for m in policy.methods) + ")$"
+            headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": regex}}})
+        for name, value in policy.headers:
+            if value == "*":
+                headers.append({"name": name, "present_match": True})
+            else:
+                headers.append({"name": name, "string_match": {"exact": value}})
+        actions.append(
+            {
+                "header_value_match": {
+                    "descriptor_key": "match",
+                    "descriptor_value": "yes",
+                    "expect_match": True,
+                    "headers": headers,
+                }
+            }
+        )
+    key = policy.descriptor_key
+    if policy.count_by in ("subject", "claim"):
+        path = [{"key": "subject"}]
+        if policy.count_by == "claim":
+            path = [{"key": "claims"}, {"key": policy.count_value}]
+        actions.append(
+            {
+                "metadata": {
+                    "descriptor_key": key,
+                    "metadata_key": {"key": AUTHZ_METADATA, "path": path},
+                    "default_value": ANONYMOUS,
+                    "source": "DYNAMIC",
+                }
+            }
+        )
+    elif policy.count_by == "clientAddress":
+        actions.append({"remote_address": {}})
+    elif policy.count_by == "header":
+        actions.append(
+            {"request_headers": {"header_name": policy.count_value, "descriptor_key": key}}
+        )
+    return {"actions": actions}
+
+
+def descriptor_config(policy: RateLimitPolicy) -> dict[str, Any]:
+    """The envoyproxy/ratelimit descriptor that counts what ``route_actions`` sends."""
+    limit: dict[str, Any] = {
+        "rate_limit": {"unit": policy.unit.label, "requests_per_unit": policy.requests}
+    }
+    if policy.shadow_mode:
+        limit["shadow_mode"] = True
+    key = "remote_address" if policy.count_by == "clientAddress" else policy.descriptor_key
+    leaf: dict[str, Any] = {"key": key, **limit} if key else limit
+    inner = leaf
+    if policy.matches_some:
+        inner = (
+            {"key": "match", "value": "yes", "descriptors": [leaf]}
+            if key
+            else {
+                "key": "match",
+                "value": "yes",
+                **limit,
+            }
+        )
+    elif not key:
+        return {"key": "policy", "value": policy.key, **limit}
+    return {"key": "policy", "value": policy.key, "descriptors": [inner]}
+
+
+def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimitPolicy | None:
+    """Validate one RateLimitPolicy document; errors go to ``sink``."""
+    errors_before = len(sink.errors)
+    top, meta = read_object(body, line, sink, KIND)
+    spec = top.child(
+        "spec",
+        what="RateLimitPolicy spec",
+        allowed={"targetRef", "routes", "match", "limit", "countBy", "shadowMode"},
+    )
+    if spec is None:
+        top.missing("spec", "a RateLimitPolicy needs a spec")
+        return None
+    target = spec.child("targetRef", what="targetRef", allowed={"group", "kind", "name"})
+    gateway = ""
+    if target is None:
+        spec.missing("targetRef", "a RateLimitPolicy needs targetRef: {kind: Gateway, name: ...}")
+    else:
+        if (target.text("kind") or "Gateway") != "Gateway":
+            target.error("kind", "targetRef must be a Gateway")
+        gateway = target.text("name", required=True)
+    routes = spec.strings("routes")
+    match = spec.child("match", what="match", allowed={"paths", "methods", "headers"})
+    paths: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    headers: list[tuple[str, str]] = []
+    if match is not None:
+        paths = match.strings("paths")
+        for path in paths:
+            if not path.startswith(("/", "*")):
+                match.error("paths", f"'{path}' must start with / (or be *, *suffix)")
+        methods = match.strings("methods")
+        for method in methods:
+            if not method.isupper():
+                match.error("methods", f"method '{method}' must be upper-case")
+        for header in match.children("headers", what="header match", allowed={"name", "value"}):
+            name = header.text("name", required=True).lower()
+            headers.append((name, header.text("value") or "*"))
+    limit = spec.child("limit", what="limit", allowed={"requests", "unit"})
+    requests, unit = 0, Unit.MINUTE
+    if limit is None:
+        spec.missing("limit", "a RateLimitPolicy needs limit: {requests: N, unit: minute}")
+    else:
+        requests = limit.integer("requests", required=True, minimum=0, maximum=4_294_967_295)
+        unit_text = limit.text("unit", required=True)
+        parsed = Unit.parse(unit_text) if unit_text else None
+        if unit_text and parsed is None:
+            limit.error("unit", f"unknown unit '{unit_text}' (second, minute, hour, day, ...)")
+        unit = parsed or unit
+    count_by, count_value = "", ""
+    count = spec.child("countBy", what="countBy", allowed=set(COUNT_BY))
+    if count is not None:
+        chosen = [k for k in COUNT_BY if k in count]
+        if len(chosen) != 1:
+            count.missing("subject", f"countBy takes exactly one of {', '.join(COUNT_BY)}")
+        else:
+            count_by = chosen[0]
+            if count_by in ("claim", "header"):
+                count_value = count.text(count_by, required=True)
+                if count_by == "header":
+                    count_value = count_value.lower()
+    if len(sink.errors) > errors_before:
+        return None
+    return RateLimitPolicy(
+        meta,
+        gateway,
+        routes,
+        paths,
+        methods,
+        tuple(headers),
+        requests,
+        unit,
+        count_by,
+        count_value,
+        spec.flag("shadowMode"),
+        sink.file,
+        top.line,
+    )
