@@ -12,10 +12,12 @@ from services.policy.errors import PolicyLoadError
 from services.policy.loader import load_directory
 from services.settings import (
     CHECK_OPTIONS,
+    GATEWAY_OPTIONS,
     SettingsError,
     add_arguments,
     build_load_options,
     build_settings,
+    resolve,
 )
 
 
@@ -45,6 +47,26 @@ def _parser() -> argparse.ArgumentParser:
         description="Show which policy and rule allow or deny a request (exit 0 allow, 1 deny).",
     )
     explain_arguments(explain)
+    for name, text in (
+        ("bootstrap", "print the Envoy bootstrap that points a gateway Envoy at the xds service"),
+        ("render", "print a gateway's whole generated Envoy config (static, or for Istio)"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--gateway", required=True, help="Gateway name")
+        command.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port")
+        add_arguments(command, only=GATEWAY_OPTIONS)
+        if name == "bootstrap":
+            command.add_argument("--node-id", help="node id (default: the gateway's first node)")
+            command.add_argument("--delta", action="store_true", help="incremental (delta) ADS")
+        else:
+            command.add_argument(
+                "--istio", action="store_true", help="EnvoyFilters + meshConfig, for Istio"
+            )
+            command.add_argument(
+                "--istio-service",
+                default="mixerless.istio-system.svc.cluster.local",
+                help="the mixerless Service host name, under Istio",
+            )
     return parser
 
 
@@ -92,6 +114,51 @@ def _explain(args: argparse.Namespace) -> int:
     return 0 if decision.allowed else 1
 
 
+def _gateway_command(args: argparse.Namespace) -> int:
+    from services.xds.build import Services, gateway_resources
+    from services.xds.gateway import Endpoint
+    from services.xds.istio import istio_documents
+    from services.xds.render import bootstrap, static_config, to_yaml
+
+    values = resolve(args, only=GATEWAY_OPTIONS)
+    try:
+        policy_set = load_directory(Path(values["policies"]), build_load_options(args))
+    except PolicyLoadError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 2
+    gateway = next((g for g in policy_set.gateways if g.name == args.gateway), None)
+    if gateway is None:
+        known = ", ".join(g.name for g in policy_set.gateways) or "none"
+        print(f"mixerless: no Gateway named '{args.gateway}' (known: {known})", file=sys.stderr)
+        return 2
+    host = values["advertise_address"]
+    if args.command == "bootstrap":
+        node = args.node_id or gateway.nodes[0]
+        config = bootstrap(
+            node, host, values["xds_port"], admin_port=args.admin_port, delta=args.delta
+        )
+        print(to_yaml(config), end="")
+        return 0
+    policies = policy_set.gateway_policies(gateway.name)
+    if args.istio:
+        documents = istio_documents(
+            gateway,
+            policies,
+            service=args.istio_service,
+            ratelimit_port=values["ratelimit_port"],
+            authz_port=values["authz_port"],
+        )
+        print("---\n".join(to_yaml(document) for document in documents), end="")
+        return 0
+    services = Services(
+        Endpoint(host, values["authz_port"]), Endpoint(host, values["ratelimit_port"])
+    )
+    resources = gateway_resources(gateway, policies, policy_set.authz.mesh, services)
+    print(to_yaml(static_config(resources, args.admin_port)), end="")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = build_settings(args)
 
@@ -120,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "explain":
             return _explain(args)
+        if args.command in ("bootstrap", "render"):
+            return _gateway_command(args)
         return _serve(args)
     except SettingsError as exc:
         print(f"mixerless: {exc}", file=sys.stderr)

@@ -133,7 +133,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("host", lambda text: text.strip().strip("[]"), "0.0.0.0", "listen address (IPv6 ok)"),
     Option("ratelimit-port", parse_port, "8081", "gRPC port of the rate limit service"),
     Option("authz-port", parse_port, "9001", "gRPC port of the authz (ext_authz) service"),
+    Option("xds-port", parse_port, "18000", "gRPC port of the xds (ADS) service"),
     Option("http-port", parse_port, "8080", "HTTP port: /healthz /readyz /metrics /debug/config"),
+    Option(
+        "advertise-address",
+        str,
+        "127.0.0.1",
+        "address gateway Envoys use to reach this mixerless (xDS, authz, ratelimit)",
+    ),
     Option("only", parse_services, ",".join(SERVICES), "comma-separated services to run"),
     Option(
         "workload-namespace",
@@ -194,7 +201,9 @@ class Settings:
     services: frozenset[str] = frozenset(SERVICES)
     ratelimit_port: int = 8081
     authz_port: int = 9001
+    xds_port: int = 18000
     http_port: int = 8080
+    advertise_address: str = "127.0.0.1"
     workload: WorkloadDefaults = field(default_factory=WorkloadDefaults)
     jwks_refresh_interval: float = 1200.0
     redis: RedisSettings | None = None
@@ -263,6 +272,14 @@ def build_load_options(
 
 
 CHECK_OPTIONS = ("merge-domains",)
+GATEWAY_OPTIONS = (
+    "policies",
+    "merge-domains",
+    "advertise-address",
+    "xds-port",
+    "authz-port",
+    "ratelimit-port",
+)
 
 
 def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
@@ -282,7 +299,9 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None =
         services=v["only"],
         ratelimit_port=v["ratelimit_port"],
         authz_port=v["authz_port"],
+        xds_port=v["xds_port"],
         http_port=v["http_port"],
+        advertise_address=v["advertise_address"],
         workload=WorkloadDefaults(v["workload_namespace"], v["workload_labels"]),
         jwks_refresh_interval=v["jwks_refresh_interval"],
         redis=redis,
