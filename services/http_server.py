@@ -42,6 +42,7 @@ class OpsView:
     ratelimit: RateLimitService | None = None
     check_timeout: float = 1.0
     stopping: bool = False
+    debug: dict[str, Callable[[], object]] = field(default_factory=dict)  # more /debug/config
 
 
 def build_app(view: OpsView) -> web.Application:
@@ -93,7 +94,10 @@ def build_app(view: OpsView) -> web.Application:
             "last_rejection": (
                 {"at": rejection.at, "errors": list(rejection.errors)} if rejection else None
             ),
+            "gateways": [g.name for g in current.gateways] if current else [],
         }
+        for name, section in view.debug.items():
+            body[name] = section()
         return web.json_response(body, dumps=lambda o: json.dumps(o, indent=2))
 
     if view.ratelimit is not None:

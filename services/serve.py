@@ -7,6 +7,7 @@ implementations (counter store, clock) and wires policy reloads to health.
 import asyncio
 import contextlib
 import signal
+from typing import Any
 
 import structlog
 
@@ -18,8 +19,10 @@ from services.authz.service import AuthzService
 from services.authz.servicer import AuthorizationServicer
 from services.clock import Clock, SystemClock
 from services.envoy_api import (
+    AGGREGATED_DISCOVERY_SERVICE_NAME,
     AUTHORIZATION_SERVICE_NAME,
     RATELIMIT_SERVICE_NAME,
+    add_AggregatedDiscoveryServiceServicer_to_server,
     add_AuthorizationServicer_to_server,
     add_RateLimitServiceServicer_to_server,
 )
@@ -36,6 +39,10 @@ from services.ratelimit.service import RateLimitService
 from services.ratelimit.servicer import RateLimitServicer
 from services.ratelimit.store import CounterStore
 from services.settings import Settings
+from services.xds.build import Services, build_snapshot
+from services.xds.cache import SnapshotCache
+from services.xds.gateway import Endpoint
+from services.xds.server import AdsServicer
 
 log = structlog.get_logger("mixerless")
 
@@ -130,6 +137,20 @@ class Application:
                 [AUTHORIZATION_SERVICE_NAME],
             )
             self.grpc_servers.append(self.authz)
+        self.xds: GrpcServer | None = None
+        self.snapshots = SnapshotCache()
+        self._gateway_for_node: dict[str, str] = {}
+        if "xds" in settings.services:
+            ads = AdsServicer(self.snapshots, self._key_for_node, self.metrics, self.clock)
+            self.xds = GrpcServer(
+                "xds",
+                settings.xds_port,
+                settings.server,
+                lambda server: add_AggregatedDiscoveryServiceServicer_to_server(ads, server),
+                [AGGREGATED_DISCOVERY_SERVICE_NAME],
+            )
+            self.grpc_servers.append(self.xds)
+            self.view.debug["xds"] = ads.debug_state
         self.http = HttpServer(self.view, settings.server.host, settings.http_port)
         self._tasks: list[asyncio.Task[None]] = []
         self._health_updates: set[asyncio.Task[None]] = set()
@@ -159,7 +180,33 @@ class Application:
         self.state.subscribe(self._on_policy)
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="policy-watcher"))
 
+    def _key_for_node(self, node: Any) -> str | None:
+        """The gateway an Envoy serves: by node id, else by node cluster."""
+        return self._gateway_for_node.get(node.id) or self._gateway_for_node.get(node.cluster)
+
+    def _publish_snapshots(self, policy_set: PolicySet) -> None:
+        """Rebuild every gateway's snapshot; one that fails keeps its previous snapshot."""
+        advertised = self.settings.advertise_address
+        services = Services(
+            Endpoint(advertised, self.settings.authz_port),
+            Endpoint(advertised, self.settings.ratelimit_port),
+        )
+        self._gateway_for_node = {
+            node: gateway.name for gateway in policy_set.gateways for node in gateway.nodes
+        }
+        for gateway in policy_set.gateways:
+            policies = policy_set.gateway_policies(gateway.name)
+            try:
+                snapshot = build_snapshot(gateway, policies, policy_set.authz.mesh, services)
+            except ValueError as exc:
+                self.metrics.policy_loads.labels("xds_error").inc()
+                log.error("gateway config not built", gateway=gateway.name, error=str(exc))
+                continue
+            self.snapshots.set(gateway.name, snapshot)
+
     def _on_policy(self, policy_set: PolicySet) -> None:
+        if self.xds is not None:
+            self._publish_snapshots(policy_set)
         updates = [server.set_serving(True) for server in self.grpc_servers]
         if self.providers is not None:  # close clients of providers the new set dropped
             updates.append(self.providers.retain(policy_set.authz.mesh.providers.values()))

@@ -21,7 +21,7 @@ from services.ratelimit.redis_url import parse_redis_target
 from services.ratelimit.service import RateLimitOptions
 
 ENV_PREFIX = "MIXERLESS_"
-SERVICES = ("ratelimit", "authz")
+SERVICES = ("ratelimit", "authz", "xds")
 
 
 class SettingsError(ValueError):
