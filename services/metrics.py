@@ -73,6 +73,36 @@ class Metrics:
             "Requests answered OK only because global shadow mode is on.",
             registry=r,
         )
+        self.xds_streams = Gauge(
+            "mixerless_xds_streams",
+            "Connected ADS streams, by variant (sotw or delta).",
+            ["variant"],
+            registry=r,
+        )
+        self.xds_stream_opens = Counter(
+            "mixerless_xds_stream_opens_total",
+            "ADS streams opened, by variant (a growing count means Envoys reconnecting).",
+            ["variant"],
+            registry=r,
+        )
+        self.xds_pushes = Counter(
+            "mixerless_xds_pushes_total",
+            "Discovery responses sent to Envoys, by resource type.",
+            ["type"],
+            registry=r,
+        )
+        self.xds_acks = Counter(
+            "mixerless_xds_acks_total",
+            "Discovery responses an Envoy accepted (ACK), by resource type.",
+            ["type"],
+            registry=r,
+        )
+        self.xds_nacks = Counter(
+            "mixerless_xds_nacks_total",
+            "Discovery responses an Envoy rejected (NACK: a rejected update), by resource type.",
+            ["type"],
+            registry=r,
+        )
 
     def set_policy(self, digest: str, loaded_at: float) -> None:
         self.policy_info.clear()
