@@ -1,0 +1,153 @@
+"""Snapshots built from a gateway: contents, stable versions, consistency; renders Envoy accepts."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.authz.mesh_config import MeshSettings
+from services.authz.paths import PathNormalization
+from services.policy.loader import LoadOptions, PolicySet, load_directory
+from services.xds.build import Services, build_snapshot, gateway_resources
+from services.xds.gateway import Endpoint
+from services.xds.istio import istio_documents
+from services.xds.render import bootstrap, static_config, to_yaml
+from services.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    InconsistentSnapshotError,
+    Snapshot,
+    check_consistent,
+)
+from tests.envoy_proc import find_envoy
+
+ROOT = Path(__file__).parent.parent.parent.parent
+SERVICES = Services(Endpoint("127.0.0.1", 9001), Endpoint("127.0.0.1", 8081))
+
+
+@pytest.fixture(name="policies")
+def fixture_policies() -> PolicySet:
+    return load_directory(ROOT / "policies", LoadOptions())
+
+
+def resources(policies: PolicySet, mesh: MeshSettings | None = None) -> dict:  # type: ignore[type-arg]
+    gateway = policies.gateways[0]
+    return gateway_resources(
+        gateway, policies.gateway_policies(gateway.name), mesh or policies.authz.mesh, SERVICES
+    )
+
+
+class TestBuild:
+    def test_listener_filters_in_order(self, policies: PolicySet) -> None:
+        """The listener runs ext_authz, then ratelimit, then the router, over RDS."""
+        [listener] = resources(policies)[LISTENER].values()
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        assert [f["name"] for f in hcm["http_filters"]] == [
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.ratelimit",
+            "envoy.filters.http.router",
+        ]
+        assert hcm["rds"]["route_config_name"] == "public/http"
+        assert hcm["use_remote_address"] is True
+
+    def test_routes_carry_authz_context_and_quota(self, policies: PolicySet) -> None:
+        """Routes name the gateway for authz; the quota route has actions; health skips authz."""
+        routes = {
+            r["name"]: r
+            for r in resources(policies)[ROUTE]["public/http"]["virtual_hosts"][0]["routes"]
+        }
+        per_route = routes["products"]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+        assert per_route["check_settings"]["context_extensions"] == {
+            "namespace": "istio-system",
+            "gateway": "public",
+            "labels": "istio=ingressgateway",
+        }
+        assert routes["products"]["route"]["rate_limits"][0]["actions"][-1]["metadata"][
+            "metadata_key"
+        ] == {"key": "envoy.filters.http.ext_authz", "path": [{"key": "subject"}]}
+        assert routes["health"]["typed_per_filter_config"]["envoy.filters.http.ext_authz"][
+            "disabled"
+        ]
+        assert "rate_limits" not in routes["default"]["route"]
+
+    @pytest.mark.parametrize(
+        ("mode", "merge", "escaped"),
+        [
+            (PathNormalization.BASE, False, None),
+            (PathNormalization.MERGE_SLASHES, True, None),
+            (PathNormalization.DECODE_AND_MERGE_SLASHES, True, "UNESCAPE_AND_FORWARD"),
+        ],
+    )
+    def test_normalization_follows_mesh_config(
+        self, policies: PolicySet, mode: PathNormalization, merge: bool, escaped: str | None
+    ) -> None:
+        """Envoy normalizes paths as meshConfig pathNormalization says (as Istio sets it up)."""
+        mesh = MeshSettings(path_normalization=mode, num_trusted_proxies=2)
+        [listener] = resources(policies, mesh)[LISTENER].values()
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        assert hcm["normalize_path"] is True and hcm["merge_slashes"] is merge
+        assert hcm.get("path_with_escaped_slashes_action") == escaped
+        assert hcm["xff_num_trusted_hops"] == 2
+
+    def test_versions_are_content_hashes(self, policies: PolicySet) -> None:
+        """The same policies give the same versions (stable across restarts)."""
+        gateway = policies.gateways[0]
+        quotas = policies.gateway_policies(gateway.name)
+        first = build_snapshot(gateway, quotas, policies.authz.mesh, SERVICES)
+        again = build_snapshot(gateway, quotas, policies.authz.mesh, SERVICES)
+        assert first.versions == again.versions
+        moved = build_snapshot(
+            gateway,
+            quotas,
+            policies.authz.mesh,
+            Services(Endpoint("10.0.0.1", 9001), SERVICES.ratelimit),
+        )
+        assert moved.versions[CLUSTER] == first.versions[CLUSTER]
+        assert moved.versions[ENDPOINT] != first.versions[ENDPOINT]
+
+    def test_inconsistent_snapshot_refused(self) -> None:
+        """A snapshot whose routes name a missing cluster is refused."""
+        snapshot = Snapshot.build({})
+        with pytest.raises(InconsistentSnapshotError, match="Cluster backend referenced"):
+            check_consistent(snapshot, {CLUSTER: frozenset({"backend"})})
+
+
+@pytest.mark.envoy
+class TestRenders:
+    def validate(self, tmp_path: Path, config: dict) -> None:  # type: ignore[type-arg]
+        path = tmp_path / "envoy.yaml"
+        path.write_text(to_yaml(config))
+        result = subprocess.run(
+            [find_envoy(), "--mode", "validate", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_static_render_is_valid_envoy_config(self, tmp_path: Path, policies: PolicySet) -> None:
+        """mixerless render's static config passes envoy --mode validate."""
+        self.validate(tmp_path, static_config(resources(policies), 9901))
+
+    def test_bootstrap_is_valid_envoy_config(self, tmp_path: Path) -> None:
+        """mixerless bootstrap's output (SotW and delta) passes envoy --mode validate."""
+        self.validate(tmp_path, bootstrap("public-gateway", "127.0.0.1", 18000))
+        self.validate(tmp_path, bootstrap("public-gateway", "127.0.0.1", 18000, delta=True))
+
+    def test_istio_render(self, policies: PolicySet) -> None:
+        """The Istio render selects the gateway by labels and names the mixerless service."""
+        gateway = policies.gateways[0]
+        documents = istio_documents(
+            gateway,
+            policies.gateway_policies(gateway.name),
+            service="mixerless.istio-system.svc.cluster.local",
+            ratelimit_port=8081,
+            authz_port=9001,
+        )
+        text = yaml.safe_dump_all(documents)
+        assert "outbound|8081||mixerless.istio-system.svc.cluster.local" in text
+        assert documents[0]["spec"]["workloadSelector"] == {"labels": {"istio": "ingressgateway"}}
+        assert documents[-1]["extensionProviders"][0]["envoyExtAuthzGrpc"]["port"] == 9001

@@ -1,0 +1,183 @@
+"""Gateway and RateLimitPolicy documents: validation, and the two halves of a quota agreeing."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from services.policy.errors import PolicyLoadError
+from services.policy.loader import LoadOptions, PolicySet, load_directory
+from services.ratelimit.match import find_limit
+from services.ratelimit.model import DescriptorRequest, Unit
+from services.xds.ratelimit_policy import route_actions
+
+GATEWAY = """
+apiVersion: mixerless.io/v1alpha1
+kind: Gateway
+metadata: {name: public, namespace: istio-system, labels: {istio: ingressgateway}}
+spec:
+  listeners: [{name: http, port: 10000}]
+  routes:
+  - name: products
+    match: {prefix: /product}
+    backend: {endpoints: ["127.0.0.1:9000"]}
+  - name: default
+    backend: {endpoints: ["backend.internal:8080"]}
+"""
+
+
+def load(tmp_path: Path, *texts: str) -> PolicySet:
+    for index, text in enumerate(texts):
+        (tmp_path / f"p{index}.yaml").write_text(textwrap.dedent(text).lstrip())
+    return load_directory(tmp_path, LoadOptions())
+
+
+def errors(tmp_path: Path, *texts: str) -> list[str]:
+    with pytest.raises(PolicyLoadError) as info:
+        load(tmp_path, *texts)
+    return [str(e).replace(f"{tmp_path}/", "") for e in info.value.errors]
+
+
+def quota(spec: str) -> str:
+    return (
+        "apiVersion: mixerless.io/v1alpha1\nkind: RateLimitPolicy\n"
+        "metadata: {name: q, namespace: istio-system}\nspec:\n"
+        "  targetRef: {kind: Gateway, name: public}\n" + textwrap.indent(spec, "  ")
+    )
+
+
+INVALID_GATEWAYS = {
+    "bad endpoint": ("127.0.0.1:9000", "localhost", "'localhost' must be host:port"),
+    "duplicate port": (
+        "listeners: [{name: http, port: 10000}]",
+        "listeners: [{name: http, port: 10000}, {name: other, port: 10000}]",
+        "port 10000 is already used by listener 'http'",
+    ),
+    "bad route name": ("name: products", "name: Products_1", "must be a DNS label"),
+    "two path matches": (
+        "match: {prefix: /product}",
+        "match: {prefix: /product, exact: /x}",
+        "only one of prefix, exact or regex may be set",
+    ),
+    "bad regex": ("match: {prefix: /product}", "match: {regex: '(['}", "invalid regex"),
+    "lower-case method": (
+        "match: {prefix: /product}",
+        "match: {prefix: /product, methods: [get]}",
+        "method 'get' must be upper-case",
+    ),
+}
+
+
+class TestGatewayValidation:
+    @pytest.mark.parametrize("case", list(INVALID_GATEWAYS), ids=list(INVALID_GATEWAYS))
+    def test_rejected(self, tmp_path: Path, case: str) -> None:
+        """Each broken Gateway is rejected with file, line and field."""
+        old, new, expected = INVALID_GATEWAYS[case]
+        found = errors(tmp_path, GATEWAY.replace(old, new, 1))
+        assert any(expected in line for line in found), found
+
+    def test_defaults(self, tmp_path: Path) -> None:
+        """Node ids default to the name; the rate limit domain is the gateway name."""
+        gateway = load(tmp_path, GATEWAY).gateways[0]
+        assert gateway.nodes == ("public",)
+        assert gateway.domain == "public"
+        assert gateway.labels_text == "istio=ingressgateway"
+
+    def test_node_ids_are_unique(self, tmp_path: Path) -> None:
+        """Two gateways cannot serve the same Envoy node."""
+        other = GATEWAY.replace("name: public", "name: private").replace("10000", "10001")
+        found = errors(tmp_path, GATEWAY + "  nodes: [shared]\n", other + "  nodes: [shared]\n")
+        assert any("node 'shared' also serves public" in line for line in found), found
+
+
+class TestRateLimitPolicy:
+    def test_unknown_gateway_and_route(self, tmp_path: Path) -> None:
+        """A policy must target an existing gateway and existing routes."""
+        found = errors(
+            tmp_path,
+            GATEWAY,
+            quota("routes: [nope]\nlimit: {requests: 5, unit: minute}\n"),
+        )
+        assert any("Gateway public has no route 'nope'" in line for line in found), found
+        found = errors(
+            tmp_path,
+            GATEWAY,
+            quota("limit: {requests: 5, unit: minute}\n").replace("name: public}", "name: gone}"),
+        )
+        assert any("no Gateway named 'gone'" in line for line in found), found
+
+    def test_count_by_takes_one(self, tmp_path: Path) -> None:
+        """countBy takes exactly one way of counting."""
+        found = errors(
+            tmp_path,
+            GATEWAY,
+            quota("limit: {requests: 5, unit: minute}\ncountBy: {subject: {}, header: x}\n"),
+        )
+        assert any("countBy takes exactly one of" in line for line in found), found
+
+    @pytest.mark.parametrize(
+        ("count_by", "entry"),
+        [
+            ("{subject: {}}", ("user", "alice")),
+            ("{claim: groups}", ("claim", "staff")),
+            ("{clientAddress: {}}", ("remote_address", "203.0.113.9")),
+            ("{header: X-Api-Key}", ("header", "k-1")),
+        ],
+    )
+    def test_actions_and_descriptors_agree(
+        self, tmp_path: Path, count_by: str, entry: tuple[str, str]
+    ) -> None:
+        """The descriptor Envoy builds from the generated actions finds the policy's limit."""
+        policy_set = load(
+            tmp_path,
+            GATEWAY,
+            quota(
+                "match: {paths: ['/product', '/product/*'], methods: [GET]}\n"
+                f"limit: {{requests: 7, unit: hour}}\ncountBy: {count_by}\n"
+            ),
+        )
+        [policy] = policy_set.rate_limit_policies
+        actions = route_actions(policy)["actions"]
+        # What Envoy sends for a matching request: one entry per action, in order.
+        keys = [next(iter(a.values())).get("descriptor_key", "remote_address") for a in actions]
+        assert keys == ["policy", "match", entry[0]]
+        sent = (("policy", "istio-system/q"), ("match", "yes"), entry)
+        match = find_limit(policy_set.ratelimit, "public", DescriptorRequest(sent))
+        assert match is not None
+        assert (match.limit.requests_per_unit, match.limit.unit) == (7, Unit.HOUR)
+
+    def test_global_quota(self, tmp_path: Path) -> None:
+        """Without countBy and match, one counter counts every request of the policy."""
+        policy_set = load(tmp_path, GATEWAY, quota("limit: {requests: 3, unit: second}\n"))
+        [policy] = policy_set.rate_limit_policies
+        assert route_actions(policy)["actions"] == [
+            {"generic_key": {"descriptor_key": "policy", "descriptor_value": "istio-system/q"}}
+        ]
+        sent = DescriptorRequest((("policy", "istio-system/q"),))
+        match = find_limit(policy_set.ratelimit, "public", sent)
+        assert match is not None and match.limit.requests_per_unit == 3
+
+    def test_path_regex_allows_query(self, tmp_path: Path) -> None:
+        """The :path match accepts a query string and honours exact/prefix patterns."""
+        import re
+
+        policy_set = load(
+            tmp_path,
+            GATEWAY,
+            quota("match: {paths: ['/product', '/api/*']}\nlimit: {requests: 1, unit: minute}\n"),
+        )
+        [policy] = policy_set.rate_limit_policies
+        header = route_actions(policy)["actions"][1]["header_value_match"]["headers"][0]
+        regex = re.compile(header["string_match"]["safe_regex"]["regex"])
+        assert regex.match("/product?x=1") and regex.match("/api/v1/orders")
+        assert not regex.match("/productx") and not regex.match("/other")
+
+    def test_clash_with_hand_written_domain(self, tmp_path: Path) -> None:
+        """A hand-written ratelimit config for the gateway's domain is a duplicate domain."""
+        found = errors(
+            tmp_path,
+            GATEWAY,
+            quota("limit: {requests: 5, unit: minute}\n"),
+            "domain: public\ndescriptors: [{key: a}]\n",
+        )
+        assert any("duplicate domain 'public'" in line for line in found), found
