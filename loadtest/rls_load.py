@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,8 +256,9 @@ def wait_grpc_ready(target: str, proc: subprocess.Popen[bytes], log: Path, timeo
 _SAMPLE = re.compile(r"^(mixerless_[a-z_]+)\{([^}]*)\}\s+([0-9.eE+-]+)$")
 
 
-def scrape(metrics_url: str | None) -> Counter[str]:
-    """Counters from ``/metrics``: ``result|<result>``, ``hits|<outcome>``, ``backend_errors``."""
+def scrape(metrics_url: str | None, service: str = "ratelimit") -> Counter[str]:
+    """Counters from ``/metrics``: ``result|<result>`` (of ``service``), ``hits|<outcome>``,
+    ``backend_errors``."""
     found: Counter[str] = Counter()
     if metrics_url is None:
         return found
@@ -267,7 +268,7 @@ def scrape(metrics_url: str | None) -> Counter[str]:
         if match is None:
             continue
         name, labels, value = match.groups()
-        if name == "mixerless_rpc_requests_total" and 'service="ratelimit"' in labels:
+        if name == "mixerless_rpc_requests_total" and f'service="{service}"' in labels:
             result = re.search(r'result="([^"]+)"', labels)
             found[f"result|{result.group(1) if result else '?'}"] += int(float(value))
         elif name == "mixerless_ratelimit_hits_total":
@@ -276,6 +277,38 @@ def scrape(metrics_url: str | None) -> Counter[str]:
         elif name == "mixerless_backend_errors_total":
             found["backend_errors"] += int(float(value))
     return found
+
+
+async def wait_for_idle(wait_idle: float, idle_below: float) -> float:
+    """Wait (up to ``wait_idle`` s) until the machine uses < ``idle_below`` cores; return the
+    last 1 s busy figure."""
+    started = time.monotonic()
+    busy = float("nan")
+    while time.monotonic() - started < wait_idle:
+        before = machine_busy_seconds()
+        await asyncio.sleep(1.0)
+        busy = machine_busy_seconds() - before
+        if busy < idle_below:
+            break
+    else:
+        if wait_idle > 0:
+            print(f"  machine still busy ({busy:.2f} cores) after {wait_idle:g}s: running")
+    return busy
+
+
+def log_problems(log: Path, ignore: Iterable[str] = ("counting in memory",)) -> list[str]:
+    """Error, warning and traceback lines of a server log, except those containing ``ignore``."""
+    lines = log.read_text(errors="replace").splitlines()
+    skip = tuple(ignore)
+    bad = [
+        line[:300]
+        for line in lines
+        if any(word in line.lower() for word in ("error", "warning", "traceback", "exception"))
+        and not any(text in line for text in skip)
+    ]
+    if bad:
+        print(f"  server log {log.name}: {len(bad)} problem line(s), first: {bad[0][:200]}")
+    return bad[:20]
 
 
 # --- correctness check before every run ------------------------------------------------
@@ -348,6 +381,16 @@ class GenResult:
     cpu_cores: float | None = None  # the generator's own CPU, when measured by itself
 
 
+def classify_rls_response(response: bytes) -> str | None:
+    """``OK`` / ``OVER_LIMIT`` from a serialized RateLimitResponse's first bytes; None otherwise."""
+    head = response[:2]
+    if head == RESPONSE_OK:
+        return "OK"
+    if head == RESPONSE_OVER:
+        return "OVER_LIMIT"
+    return None
+
+
 async def python_generator(
     target: str,
     payloads: Sequence[bytes],
@@ -355,8 +398,12 @@ async def python_generator(
     concurrency: int,
     window: Window,
     stop_at: float,
+    method: str = METHOD,
+    classify: Callable[[bytes], str | None] = classify_rls_response,
 ) -> GenResult:
-    """``connections`` channels x ``concurrency`` tasks, raw bytes through a generic call."""
+    """``connections`` channels x ``concurrency`` tasks, raw bytes through a generic call.
+
+    ``classify`` names each response (counted in ``codes``); None counts as an error."""
     result = GenResult()
     latencies = result.latencies_us
     errors, codes = result.errors, result.codes
@@ -392,17 +439,15 @@ async def python_generator(
                 if not window.start <= started_wall < window.end:
                     continue
                 latencies.append(elapsed * 1e6)
-                head = response[:2]
-                if head == RESPONSE_OK:
-                    codes["OK"] += 1
-                elif head == RESPONSE_OVER:
-                    codes["OVER_LIMIT"] += 1
-                else:
+                kind = classify(response)
+                if kind is None:
                     errors["unexpected_response"] += 1
+                else:
+                    codes[kind] += 1
 
         stride = connections * concurrency
         tasks = [
-            worker(channels[c].unary_unary(METHOD), c * concurrency + t, stride)
+            worker(channels[c].unary_unary(method), c * concurrency + t, stride)
             for c in range(connections)
             for t in range(concurrency)
         ]
@@ -431,6 +476,7 @@ async def h2load_generator(
     window: Window,
     workdir: Path,
     procs: Processes,
+    method: str = METHOD,
 ) -> GenResult:
     """One h2load process per body file (h2load sends one body per process), connections split."""
     result = GenResult()
@@ -449,7 +495,7 @@ async def h2load_generator(
             *("-c", str(conns), "-m", str(concurrency), "-t", "1", "-d", str(body)),
             *("-H", "content-type: application/grpc", "-H", "te: trailers"),
             f"--log-file={log}",
-            f"http://{target}{METHOD}",
+            f"http://{target}{method}",
         ]
         runs.append((procs.start("h2load", argv, out), log, out))
     try:
@@ -627,21 +673,7 @@ class Bench:
 
     async def wait_idle(self) -> float:
         """Wait (up to ``--wait-idle`` s) until other processes use < ``--idle-below`` cores."""
-        config = self.config
-        started = time.monotonic()
-        busy = float("nan")
-        while time.monotonic() - started < config.wait_idle:
-            before = machine_busy_seconds()
-            await asyncio.sleep(1.0)
-            busy = machine_busy_seconds() - before
-            if busy < config.idle_below:
-                break
-        else:
-            if config.wait_idle > 0:
-                print(
-                    f"  machine still busy ({busy:.2f} cores) after {config.wait_idle:g}s: running"
-                )
-        return busy
+        return await wait_for_idle(self.config.wait_idle, self.config.idle_below)
 
     async def run_once(self, run: int) -> RunResult:
         config = self.config
@@ -677,16 +709,7 @@ class Bench:
 
     def _log_problems(self, log: Path) -> list[str]:
         """Error, warning (other than the in-memory notice) and traceback lines of a run."""
-        lines = log.read_text(errors="replace").splitlines()
-        bad = [
-            line[:300]
-            for line in lines
-            if any(word in line.lower() for word in ("error", "warning", "traceback", "exception"))
-            and "counting in memory" not in line
-        ]
-        if bad:
-            print(f"  server log {log.name}: {len(bad)} problem line(s), first: {bad[0][:200]}")
-        return bad[:20]
+        return log_problems(log)
 
     async def _drive(
         self,
@@ -920,6 +943,15 @@ COLUMNS = [
 ]
 
 
+def table_line(values: Sequence[str], columns: Sequence[tuple[str, int]] = COLUMNS) -> str:
+    """One line of a right-aligned text table; ``columns`` are (title, width)."""
+    return "  ".join(v.rjust(w) for v, (_, w) in zip(values, columns, strict=True))
+
+
+def table_header(columns: Sequence[tuple[str, int]] = COLUMNS) -> str:
+    return "  ".join(name.rjust(width) for name, width in columns)
+
+
 def row(name: str, r: dict[str, Any]) -> str:
     values = [
         name,
@@ -938,7 +970,7 @@ def row(name: str, r: dict[str, Any]) -> str:
         f"{100 * r['over_limit_share']:.1f}",
         str(int(r["local_cache_hits"])),
     ]
-    return "  ".join(v.rjust(w) for v, (_, w) in zip(values, COLUMNS, strict=True))
+    return table_line(values)
 
 
 NUMERIC = [
@@ -960,14 +992,17 @@ NUMERIC = [
 ]
 
 
-def median_of(runs: Sequence[RunResult]) -> dict[str, Any]:
-    """Median of each figure over the runs; errors are summed (any error matters)."""
+def median_of(
+    runs: Sequence[Any],
+    numeric: Sequence[str] = NUMERIC,
+    summed: Sequence[str] = ("errors", "server_errors"),
+) -> dict[str, Any]:
+    """Median of each ``numeric`` figure over the runs; ``summed`` ones (errors: any error
+    matters) are added up instead."""
     merged: dict[str, Any] = {}
-    for name in NUMERIC:
+    for name in numeric:
         values = [float(getattr(r, name)) for r in runs]
-        merged[name] = (
-            sum(values) if name in ("errors", "server_errors") else statistics.median(values)
-        )
+        merged[name] = sum(values) if name in summed else statistics.median(values)
     merged["rps_runs"] = [round(r.rps) for r in runs]
     return merged
 
@@ -1141,7 +1176,7 @@ async def bench_main(config: Config, procs: Processes, workdir: Path) -> list[Ru
         f"# {config.label}: {config.generator}, {config.connections} conns x "
         f"{config.concurrency} streams, {config.duration:g}s (+{config.warmup:g}s warm-up)"
     )
-    print("  ".join(name.rjust(width) for name, width in COLUMNS))
+    print(table_header())
     for run in range(1, 1 + config.runs):
         result = await bench.run_once(run)
         results.append(result)

@@ -72,15 +72,27 @@ class Rule:
     conditions: tuple[Check, ...]
 
     def matches(self, attributes: Attributes) -> bool:
-        if self.sources is not None and not any(
-            all(check.holds(attributes) for check in source) for source in self.sources
-        ):
+        # Plain loops: this runs for every rule of every policy on every request, and
+        # generator expressions cost more than the checks themselves.
+        if self.sources is not None and not _any_entry(self.sources, attributes):
             return False
-        if self.operations is not None and not any(
-            all(check.holds(attributes) for check in operation) for operation in self.operations
-        ):
+        if self.operations is not None and not _any_entry(self.operations, attributes):
             return False
-        return all(check.holds(attributes) for check in self.conditions)
+        for check in self.conditions:  # noqa: SIM110 - all() over a generator is slower here
+            if not check.holds(attributes):
+                return False
+        return True
+
+
+def _any_entry(entries: tuple[tuple[Check, ...], ...], attributes: Attributes) -> bool:
+    """Some ``from``/``to`` entry whose checks all hold."""
+    for checks in entries:
+        for check in checks:
+            if not check.holds(attributes):
+                break
+        else:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ An allowed request carries the JWT and provider header changes upstream, and the
 verified claims as dynamic metadata (for rate limits keyed on them).
 """
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from services.metrics import Metrics
 
 log = structlog.get_logger("mixerless.authz")
 
+METADATA_CACHE_SIZE = 10_000
 NO_POLICY = Decision(False, 503, "mixerless: no authorization policy loaded\n")
 
 
@@ -64,6 +66,23 @@ class AuthzService:
         self._default_labels = parse_labels(defaults.labels)
         self._default_namespace = defaults.namespace
         self._workloads: dict[tuple[str, str, str], Workload] = {}
+        # Dynamic metadata per verified token: the JWT cache hands back the same claims
+        # object for the same token, so the same metadata object can be handed on (and
+        # the servicer's protobuf Struct for it reused).
+        self._metadata: OrderedDict[int, tuple[object, dict[str, Any]]] = OrderedDict()
+
+    def _token_metadata(self, result: Any) -> dict[str, Any]:
+        """The metadata of a verified token, the same object for the same cached token."""
+        claims = result.claims
+        cached = self._metadata.get(id(claims))
+        if cached is not None and cached[0] is claims:
+            self._metadata.move_to_end(id(claims))
+            return cached[1]
+        metadata = _metadata_for(result)
+        self._metadata[id(claims)] = (claims, metadata)
+        if len(self._metadata) > METADATA_CACHE_SIZE:
+            self._metadata.popitem(last=False)
+        return metadata
 
     def workload(self, context: Any) -> Workload:
         """The workload named by the ``namespace``/``labels``/``gateway`` context extensions."""
@@ -181,13 +200,8 @@ class AuthzService:
                 attributes.claims = result.claims
                 upstream.extend(result.headers_to_add)
                 query_remove.extend(result.query_params_to_remove)
-                metadata = {
-                    **(metadata or {}),
-                    "principal": result.principal or "",
-                    "issuer": result.issuer,
-                    "subject": result.subject or "",
-                    "claims": dict(result.claims or {}),
-                }
+                token_metadata = self._token_metadata(result)
+                metadata = {**metadata, **token_metadata} if metadata else token_metadata
 
         outcome = decide.rbac(policies, attributes)
         if outcome.audit or outcome.dry_run:
@@ -219,6 +233,15 @@ class AuthzService:
             audit=outcome.audit,
             dry_run=outcome.dry_run,
         )
+
+
+def _metadata_for(result: Any) -> dict[str, Any]:
+    return {
+        "principal": result.principal or "",
+        "issuer": result.issuer,
+        "subject": result.subject or "",
+        "claims": dict(result.claims or {}),
+    }
 
 
 def _cors_preflight(request: HttpRequest) -> bool:

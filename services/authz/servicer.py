@@ -7,6 +7,7 @@ that one request; it never becomes a gRPC error or takes the server down.
 """
 
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,9 +88,21 @@ def _options(headers: tuple[tuple[str, str], ...]) -> list[Any]:
     ]
 
 
+_STRUCTS: OrderedDict[int, tuple[Mapping[str, Any], Struct]] = OrderedDict()
+_STRUCTS_SIZE = 10_000
+
+
 def _struct(values: Mapping[str, Any]) -> Struct:
+    """``values`` as a Struct; the service hands on one metadata object per verified token,
+    so its Struct (~20 µs to build in pure Python) is built once and reused."""
+    cached = _STRUCTS.get(id(values))
+    if cached is not None and cached[0] is values:
+        return cached[1]
     message = Struct()
     message.update(values)
+    _STRUCTS[id(values)] = (values, message)
+    if len(_STRUCTS) > _STRUCTS_SIZE:
+        _STRUCTS.popitem(last=False)
     return message
 
 

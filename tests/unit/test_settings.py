@@ -19,7 +19,7 @@ class TestPrecedence:
         settings = build_settings(parse(), environ={})
         assert settings.ratelimit_port == 8081 and settings.http_port == 8080
         assert settings.redis is None
-        assert settings.services == frozenset({"ratelimit", "authz"})
+        assert settings.services == frozenset({"ratelimit", "authz", "xds"})
         assert settings.authz_port == 9001
 
     def test_env_overrides_default(self) -> None:
