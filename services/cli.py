@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
             )
             command.add_argument(
                 "--istio-service",
-                default="mixerless.istio-system.svc.cluster.local",
+                default="mixerless.default.svc.cluster.local",
                 help="the mixerless Service host name, under Istio",
             )
     return parser
@@ -125,7 +125,7 @@ def _explain(args: argparse.Namespace) -> int:
 def _gateway_command(args: argparse.Namespace) -> int:
     from services.xds.build import Services, gateway_resources
     from services.xds.gateway import Endpoint
-    from services.xds.istio import istio_documents
+    from services.xds.istio import istio_documents, mesh_config_snippet
     from services.xds.render import bootstrap, static_config, to_yaml
 
     values = resolve(args, only=GATEWAY_OPTIONS)
@@ -158,6 +158,11 @@ def _gateway_command(args: argparse.Namespace) -> int:
             authz_port=values["authz_port"],
         )
         print("---\n".join(to_yaml(document) for document in documents), end="")
+        snippet = mesh_config_snippet(
+            gateway, service=args.istio_service, authz_port=values["authz_port"]
+        )
+        print("# meshConfig (merge into the istio ConfigMap's mesh) for CUSTOM authorization:")
+        print("".join(f"# {line}\n" for line in to_yaml(snippet).splitlines()), end="")
         return 0
     services = Services(
         Endpoint(host, values["authz_port"]), Endpoint(host, values["ratelimit_port"])

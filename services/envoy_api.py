@@ -8,7 +8,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2 as core_base
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common_ratelimit
 
 # Types that xDS resources carry in typed_config (google.protobuf.Any): importing them
@@ -40,6 +40,7 @@ Cluster = cluster_pb2.Cluster
 ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
 Listener = listener_pb2.Listener
 RouteConfiguration = route_pb2.RouteConfiguration
+RouteRateLimit = route_components_pb2.RateLimit
 
 DiscoveryRequest = discovery_pb2.DiscoveryRequest
 DiscoveryResponse = discovery_pb2.DiscoveryResponse
@@ -105,6 +106,7 @@ __all__ = [
     "RateLimitServiceStub",
     "Resource",
     "RouteConfiguration",
+    "RouteRateLimit",
     "add_AggregatedDiscoveryServiceServicer_to_server",
     "add_AuthorizationServicer_to_server",
     "add_RateLimitServiceServicer_to_server",

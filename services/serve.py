@@ -43,9 +43,11 @@ from services.xds.build import Services, build_snapshot
 from services.xds.cache import SnapshotCache
 from services.xds.gateway import Endpoint
 from services.xds.server import AdsServicer
+from services.xds.snapshot import CLUSTER, ENDPOINT, Snapshot
 
 log = structlog.get_logger("mixerless")
 
+CLUSTER_DRAIN = 2.0  # seconds between routes leaving a cluster and the cluster's removal
 HTTP_PATHS = "/healthz /healthcheck /readyz /metrics /debug/config /json"
 
 
@@ -140,8 +142,11 @@ class Application:
         self.xds: GrpcServer | None = None
         self.snapshots = SnapshotCache()
         self._gateway_for_node: dict[str, str] = {}
+        self._pending: dict[str, Snapshot] = {}
+        self.ads: AdsServicer | None = None
         if "xds" in settings.services:
             ads = AdsServicer(self.snapshots, self._key_for_node, self.metrics, self.clock)
+            self.ads = ads
             self.xds = GrpcServer(
                 "xds",
                 settings.xds_port,
@@ -198,11 +203,41 @@ class Application:
             policies = policy_set.gateway_policies(gateway.name)
             try:
                 snapshot = build_snapshot(gateway, policies, policy_set.authz.mesh, services)
-            except ValueError as exc:
+            except ValueError as exc:  # checked at load; only mixerless's own addresses differ
                 self.metrics.policy_loads.labels("xds_error").inc()
                 log.error("gateway config not built", gateway=gateway.name, error=str(exc))
                 continue
-            self.snapshots.set(gateway.name, snapshot)
+            self._publish(gateway.name, snapshot)
+        for removed in set(self.snapshots.keys()) - {g.name for g in policy_set.gateways}:
+            self._publish(removed, Snapshot.build({}))  # a deleted Gateway: serve nothing
+
+    def _publish(self, name: str, snapshot: Snapshot) -> None:
+        """Publish, removing clusters only after routes stopped using them: a bridge
+        snapshot keeps the old clusters, the final one follows ``CLUSTER_DRAIN`` later."""
+        self._pending.pop(name, None)
+        previous = self.snapshots.get(name)
+        stale = previous.names(CLUSTER) - snapshot.names(CLUSTER) if previous else frozenset()
+        if not stale or previous is None:
+            self.snapshots.set(name, snapshot)
+            return
+        kept = {
+            CLUSTER: {n: previous.resources[CLUSTER][n] for n in stale},
+            ENDPOINT: {n: m for n, m in previous.resources[ENDPOINT].items() if n in stale},
+        }
+        bridge = Snapshot.build(
+            {
+                type_url: {**kept.get(type_url, {}), **snapshot.resources[type_url]}
+                for type_url in snapshot.resources
+            }
+        )
+        self.snapshots.set(name, bridge)
+        self._pending[name] = snapshot
+        asyncio.get_running_loop().call_later(CLUSTER_DRAIN, self._finish, name, snapshot)
+
+    def _finish(self, name: str, snapshot: Snapshot) -> None:
+        if self._pending.get(name) is snapshot:  # not superseded by a newer publish
+            del self._pending[name]
+            self.snapshots.set(name, snapshot)
 
     def _on_policy(self, policy_set: PolicySet) -> None:
         if self.xds is not None:
@@ -223,6 +258,8 @@ class Application:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.ads is not None:  # ADS streams never end by themselves: end them first
+            self.ads.close_streams()
         await asyncio.gather(*(s.stop(self.settings.shutdown_grace) for s in self.grpc_servers))
         await asyncio.gather(*self._health_updates, return_exceptions=True)
         await self.http.stop()

@@ -377,19 +377,19 @@ def start_mixerless(
 ) -> MixerlessProcess:
     """Run ``mixerless serve *args`` and wait until ``/readyz`` answers 200.
 
-    ``--http-port``, ``--ratelimit-port`` and ``--authz-port`` are read from ``args``
-    (or ``env``); when absent or 0, free ports are chosen and appended, and so is
-    ``--host 127.0.0.1``. The
-    child gets this process's environment without any ``MIXERLESS_*`` variable (a
-    developer's shell must not leak settings in), plus ``env``. The log goes to
-    ``workdir`` (default: a new temporary directory). Raises ``RuntimeError`` with the
-    log if the process exits or is not ready within ``timeout`` seconds.
+    ``--http-port``, ``--ratelimit-port``, ``--authz-port`` and ``--xds-port`` are read
+    from ``args`` (or ``env``); when absent or 0, free ports are chosen and appended, and
+    so is ``--host 127.0.0.1``. The child gets this process's environment without any
+    ``MIXERLESS_*`` variable (a developer's shell must not leak settings in), plus
+    ``env``. The log goes to ``workdir`` (default: a new temporary directory). Raises
+    ``RuntimeError`` with the log if the process exits or is not ready within
+    ``timeout`` seconds.
     """
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MIXERLESS_")}
     environment = {**inherited, **(env or {})}
     command = [find_mixerless(), "serve", *args]
     ports: dict[str, int] = {}
-    for flag in ("http-port", "ratelimit-port", "authz-port"):
+    for flag in ("http-port", "ratelimit-port", "authz-port", "xds-port"):
         given = _flag(args, environment, flag)
         if given is None or int(given) == 0:
             ports[flag] = free_port()

@@ -172,7 +172,12 @@ class RedisCluster:
 
     def client(self) -> "redis.cluster.RedisCluster":
         """A synchronous cluster client, for checks outside the store under test."""
-        return redis.cluster.RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
+        return redis.cluster.RedisCluster(
+            host="127.0.0.1",
+            port=self.nodes[0].port,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+        )
 
     def flush(self) -> None:
         for node in self.nodes:

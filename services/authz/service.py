@@ -9,6 +9,7 @@ An allowed request carries the JWT and provider header changes upstream, and the
 verified claims as dynamic metadata (for rate limits keyed on them).
 """
 
+import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -91,7 +92,9 @@ class AuthzService:
         if found is None:
             namespace, labels, gateway = key
             try:
-                parsed = parse_labels(labels) if labels else self._default_labels
+                # A labels extension that is present, even empty, names the gateway's own
+                # labels; only its absence falls back to --workload-labels.
+                parsed = parse_labels(labels) if "labels" in context else self._default_labels
             except ValueError:
                 parsed = self._default_labels
             found = Workload.of(namespace or self._default_namespace, parsed, gateway)
@@ -236,12 +239,28 @@ class AuthzService:
 
 
 def _metadata_for(result: Any) -> dict[str, Any]:
+    """What a verified token puts in the CheckResponse's dynamic metadata.
+
+    ``claim_text`` has every top-level claim as a string (lists joined with ``,``,
+    other values as JSON): Envoy's rate limit ``metadata`` action reads only strings,
+    so this is what a quota counted by a claim keys on.
+    """
+    claims = dict(result.claims or {})
     return {
         "principal": result.principal or "",
         "issuer": result.issuer,
         "subject": result.subject or "",
-        "claims": dict(result.claims or {}),
+        "claims": claims,
+        "claim_text": {name: _claim_text(value) for name, value in claims.items()},
     }
+
+
+def _claim_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _cors_preflight(request: HttpRequest) -> bool:

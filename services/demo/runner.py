@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -82,6 +83,8 @@ async def _gateway_answers(url: str, envoy: asyncio.subprocess.Process, log_path
 
 async def run_demo(settings: Settings, gateway_name: str, admin_port: int = 9901) -> None:
     """Start everything, print how to use it, and run until SIGINT/SIGTERM."""
+    if settings.server.host == "0.0.0.0":  # the default: a demo stays on this machine
+        settings = replace(settings, server=replace(settings.server, host="127.0.0.1"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -26,7 +26,8 @@ from services.policy.errors import ErrorSink, PolicyError, PolicyLoadError
 from services.policy.yamltext import YamlSyntaxError, parse_documents
 from services.ratelimit.config import ConfigDocument, compile_config, is_ratelimit_document
 from services.ratelimit.model import RateLimitConfig
-from services.xds.gateway import Gateway, compile_gateway
+from services.xds.build import Services, build_snapshot
+from services.xds.gateway import Endpoint, Gateway, compile_gateway
 from services.xds.ratelimit_policy import (
     RateLimitPolicy,
     compile_rate_limit_policy,
@@ -44,6 +45,7 @@ KINDS: dict[tuple[str, str], str] = {
     ("mixerless.io/v1alpha1", "RateLimitPolicy"): "RateLimitPolicy",
     ("v1", "ConfigMap"): "ConfigMap",
 }
+PLACEHOLDER_SERVICES = Services(Endpoint("127.0.0.1", 9001), Endpoint("127.0.0.1", 8081))
 SUPPORTED = ", ".join(sorted({f"{kind} ({version})" for version, kind in KINDS}))
 
 POLICY_SUFFIXES = (".yaml", ".yml")
@@ -146,6 +148,7 @@ def load_directory(directory: Path, options: LoadOptions) -> PolicySet:
                 )
     ratelimit_documents.extend(kinds.link_gateways())
     ratelimit = compile_config(ratelimit_documents, merge_domains=options.merge_domains)
+    kinds.check_gateway_builds()
     errors = [error for sink in sinks for error in sink.errors]
     if errors:
         raise PolicyLoadError(errors)
@@ -247,6 +250,22 @@ class _KindDocuments:
                 body = {"domain": gateway.domain, "descriptors": derived[gateway.name]}
                 documents.append(ConfigDocument(body, gateway.line, sink))
         return documents
+
+    def check_gateway_builds(self) -> None:
+        """Build every gateway's Envoy resources once, so a set whose gateway config
+        cannot be built is rejected whole (the real build, at publish, differs only in
+        the addresses of mixerless itself)."""
+        if any(sink for _, sink in self.gateways) or any(
+            sink for _, sink in self.rate_limit_policies
+        ):
+            return  # already rejected; the build would only repeat the errors
+        mesh = self.config().mesh
+        for gateway, sink in self.gateways:
+            policies = [p for p, _ in self.rate_limit_policies if p.gateway == gateway.name]
+            try:
+                build_snapshot(gateway, policies, mesh, PLACEHOLDER_SERVICES)
+            except ValueError as exc:
+                sink.add(gateway.line, "spec", f"Envoy configuration cannot be built: {exc}")
 
     def config(self) -> AuthzConfig:
         mesh = self.meshes[0] if self.meshes else MeshSettings()

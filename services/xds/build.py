@@ -154,9 +154,11 @@ def _route(gateway: Gateway, route: Route, policies: Sequence[RateLimitPolicy]) 
         action["rate_limits"] = rate_limits
     per_route: dict[str, Any] = {"@type": EXT_AUTHZ_PER_ROUTE}
     if route.authz:
-        extensions = {"namespace": gateway.meta.namespace, "gateway": gateway.name}
-        if gateway.labels_text:
-            extensions["labels"] = gateway.labels_text
+        extensions = {
+            "namespace": gateway.meta.namespace,
+            "gateway": gateway.name,
+            "labels": gateway.labels_text,  # "" says "no labels", not "use the default"
+        }
         per_route["check_settings"] = {"context_extensions": extensions}
     else:
         per_route["disabled"] = True
@@ -168,7 +170,26 @@ def _route(gateway: Gateway, route: Route, policies: Sequence[RateLimitPolicy]) 
     }
 
 
-def _filters(gateway: Gateway) -> list[dict[str, Any]]:
+def _request_body(mesh: MeshSettings) -> dict[str, Any]:
+    """``with_request_body`` when an extension provider wants the body: the largest
+    ``maxRequestBytes``, partial only if every such provider allows it."""
+    wanted = [
+        p.include_request_body_in_check
+        for p in mesh.providers.values()
+        if p.include_request_body_in_check is not None
+    ]
+    if not wanted:
+        return {}
+    return {
+        "with_request_body": {
+            "max_request_bytes": max(body.max_request_bytes for body in wanted),
+            "allow_partial_message": all(body.allow_partial_message for body in wanted),
+            "pack_as_bytes": any(body.pack_as_bytes for body in wanted),
+        }
+    }
+
+
+def _filters(gateway: Gateway, mesh: MeshSettings) -> list[dict[str, Any]]:
     authz, ratelimit = gateway.authz, gateway.rate_limit
     return [
         {
@@ -182,7 +203,9 @@ def _filters(gateway: Gateway) -> list[dict[str, Any]]:
                 },
                 "failure_mode_allow": authz.fail_open,
                 "include_peer_certificate": True,
+                "include_tls_session": True,  # connection.sni conditions
                 "encode_raw_headers": True,  # repeated headers arrive value by value
+                **_request_body(mesh),
             },
         },
         {
@@ -215,7 +238,7 @@ def _listener(gateway: Gateway, listener: Any, mesh: MeshSettings) -> dict[str, 
         "normalize_path": mode is not PathNormalization.NONE,
         "merge_slashes": mode
         in (PathNormalization.MERGE_SLASHES, PathNormalization.DECODE_AND_MERGE_SLASHES),
-        "http_filters": _filters(gateway),
+        "http_filters": _filters(gateway, mesh),
     }
     if mode is PathNormalization.DECODE_AND_MERGE_SLASHES:
         hcm["path_with_escaped_slashes_action"] = "UNESCAPE_AND_FORWARD"

@@ -26,10 +26,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf import json_format
+
+from services import envoy_api as api
 from services.policy.durations import parse_proto_duration
 from services.policy.errors import ErrorSink
 from services.policy.fields import Fields
 from services.policy.k8s import ObjectMeta, read_object
+from services.xds.re2 import check_re2
 
 KIND = "Gateway"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -159,9 +163,9 @@ def _duration(fields: Fields, key: str) -> float | None:
 
 def _regex(fields: Fields, key: str, pattern: str) -> None:
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        fields.error(key, f"invalid regex {pattern!r}: {exc}")
+        check_re2(pattern)
+    except ValueError as exc:
+        fields.error(key, str(exc))
 
 
 def _match(route: Fields) -> RouteMatch:
@@ -247,6 +251,11 @@ def _route(route: Fields, names: dict[str, int]) -> Route | None:
     for index, entry in enumerate(rate_limits):
         if not isinstance(entry, dict):
             route.error("rateLimits", f"entry {index} must be a mapping (an Envoy RateLimit)")
+            continue
+        try:
+            json_format.ParseDict(_plain(entry), api.RouteRateLimit())
+        except json_format.ParseError as exc:
+            route.error("rateLimits", f"entry {index} is not an Envoy RateLimit: {exc}")
     if not name:
         return None
     return Route(

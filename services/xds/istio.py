@@ -108,15 +108,17 @@ def istio_documents(
                 "spec": {"workloadSelector": selector, "configPatches": route_patches},
             }
         )
-    documents.append(
-        {
-            "# meshConfig": "merge into the istio ConfigMap's mesh (or IstioOperator meshConfig)",
-            "extensionProviders": [
-                {
-                    "name": "mixerless",
-                    "envoyExtAuthzGrpc": {"service": service, "port": authz_port, "timeout": "1s"},
-                }
-            ],
-        }
-    )
     return documents
+
+
+def mesh_config_snippet(gateway: Gateway, *, service: str, authz_port: int) -> dict[str, Any]:
+    """The meshConfig extension provider that sends CUSTOM authorization to mixerless
+    (merge it into the istio ConfigMap's ``mesh``, or IstioOperator ``meshConfig``)."""
+    provider: dict[str, Any] = {
+        "service": service,
+        "port": authz_port,
+        "timeout": f"{gateway.authz.timeout}s",
+    }
+    if gateway.authz.fail_open:
+        provider["failOpen"] = True
+    return {"extensionProviders": [{"name": "mixerless", "envoyExtAuthzGrpc": provider}]}

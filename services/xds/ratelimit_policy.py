@@ -9,7 +9,7 @@ spec:
   routes: [products]                 # optional: default every route of the gateway
   match: {paths: ["/product", "/product/*"], methods: [GET]}   # optional
   limit: {requests: 100, unit: minute}
-  countBy: {subject: {}}             # or {claim: groups}, {clientAddress: {}}, {header: x-api-key}
+  countBy: {subject: {}}             # or {claim: tenant}, {clientAddress: {}}, {header: x-api-key}
 ```
 
 One policy becomes both halves of Envoy rate limiting, so they cannot disagree:
@@ -117,8 +117,8 @@ def route_actions(policy: RateLimitPolicy) -> dict[str, Any]:
     key = policy.descriptor_key
     if policy.count_by in ("subject", "claim"):
         path = [{"key": "subject"}]
-        if policy.count_by == "claim":
-            path = [{"key": "claims"}, {"key": policy.count_value}]
+        if policy.count_by == "claim":  # claim_text: the claim as a string (lists joined)
+            path = [{"key": "claim_text"}, {"key": policy.count_value}]
         actions.append(
             {
                 "metadata": {
@@ -221,6 +221,8 @@ def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimi
             count_by = chosen[0]
             if count_by in ("claim", "header"):
                 count_value = count.text(count_by, required=True)
+                if not count_value and count.raw(count_by) == "":
+                    count.error(count_by, f"the {count_by} name must not be empty")
                 if count_by == "header":
                     count_value = count_value.lower()
     if len(sink.errors) > errors_before:

@@ -2,8 +2,9 @@
 
 One stream is one Envoy. Its first request names the node; ``key_for_node`` maps the
 node to a cache key (a gateway), and the stream serves that key's snapshot. A node
-without a key is sent nothing (warned once) until a ``set`` of any key makes
-``key_for_node`` find one.
+without a key is sent nothing (warned once per stream). Every ``set`` of the cache
+wakes every stream, which asks ``key_for_node`` again and does nothing more unless its
+key or that key's snapshot changed: a node that gains or changes gateway is served.
 
 Each stream has a reader task that only queues requests, and one writer loop that
 takes, in order, requests and "snapshot changed" wake-ups from that queue, and yields
@@ -31,7 +32,7 @@ import asyncio
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -49,7 +50,7 @@ log = structlog.get_logger("mixerless.xds")
 KeyForNode = Callable[[Any], str | None]
 WILDCARD = "*"
 _CLOSED = object()  # queued when the client's side of the stream ends
-_WAKE = object()  # queued when the stream's snapshot (or, without a key, any) changed
+_WAKE = object()  # queued when a snapshot was published
 
 
 def type_label(type_url: str) -> str:
@@ -85,15 +86,12 @@ class _TypeState:
     last_nack: Nack | None = None
 
     def describe(self) -> dict[str, Any]:
-        nack = self.last_nack
         return {
             "subscribed": [WILDCARD] * self.wildcard + sorted(self.names),
             "version_sent": self.version_sent,
             "version_acked": self.version_acked,
             "nonce": self.nonce,
-            "last_nack": None
-            if nack is None
-            else {"version": nack.version, "message": nack.message, "at": nack.at},
+            "last_nack": None if self.last_nack is None else asdict(self.last_nack),
         }
 
 
@@ -130,25 +128,21 @@ class _Stream(ABC, Generic[State]):
         self.node: Any = None
         self.key: str | None = None
         self.types: dict[str, State] = {}
+        self._mapped = False  # key_for_node was asked
+        self._generation = 0  # of the key's snapshot when last looked at
+        self._warned = False
         self._wake_queued = False
         self._nonces = itertools.count(1)
-        self._unwatch: Callable[[], None] = lambda: None
 
     def step(self, item: object) -> list[Any]:
         """The responses owed after one request or wake-up."""
         if item is _WAKE:
             self._wake_queued = False
-            if self.key is None and self.node is not None:
-                self._find_key()
-                if self.key is not None:
-                    log.info("xds node now matches a gateway", key=self.key, **self._who())
-            return self._refresh()
+            return self._refresh() if self.node is not None and self._rekey() else []
         if self.node is None:
             self.node = item.node  # type: ignore[attr-defined]
-            self._find_key()
-            log.info("xds stream opened", key=self.key, peer=self.peer, **self._who())
-            if self.key is None:
-                log.warning("xds node matches no gateway; sending it nothing", **self._who())
+            log.info("xds stream opened", peer=self.peer, **self._who())
+            self._rekey()  # later, only wake-ups re-map: they refresh every type
         return self.handle(item)
 
     @abstractmethod
@@ -164,13 +158,19 @@ class _Stream(ABC, Generic[State]):
             self._wake_queued = True
             self.queue.put_nowait(_WAKE)
 
-    def close(self) -> None:
-        self._unwatch()
-
-    def _find_key(self) -> None:
-        self.key = self.servicer.key_for_node(self.node)
-        self._unwatch()
-        self._unwatch = self.servicer.cache.watch(self.key, self.wake)
+    def _rekey(self) -> bool:
+        """Map the node to its key again; True if the key or the key's snapshot changed."""
+        key = self.servicer.key_for_node(self.node)
+        generation = 0 if key is None else self.servicer.cache.generation(key)
+        if self._mapped and key == self.key and generation == self._generation:
+            return False
+        if key is None and not self._warned:
+            log.warning("xds node matches no gateway; sending it nothing", **self._who())
+            self._warned = True
+        elif key is not None and key != self.key:
+            log.info("xds node matched to a gateway", key=key, **self._who())
+        self.key, self._generation, self._mapped = key, generation, True
+        return True
 
     def _who(self) -> dict[str, Any]:
         return {
@@ -199,23 +199,23 @@ class _Stream(ABC, Generic[State]):
         state.version_acked = version
         self.servicer.metrics.xds_acks.labels(type_label(type_url)).inc()
 
-    def _nack(self, state: _TypeState, type_url: str, request: Any, rejected: str) -> None:
+    def _nack(
+        self, state: _TypeState, type_url: str, request: Any, rejected: str, accepted: str
+    ) -> None:
         detail = request.error_detail
-        state.last_nack = Nack(rejected, request.response_nonce, detail.message, self._now())
+        now = self.servicer.clock.now()
+        state.last_nack = Nack(rejected, request.response_nonce, detail.message, now)
         self.servicer.metrics.xds_nacks.labels(type_label(type_url)).inc()
         log.warning(
             "xds update rejected by envoy",
             key=self.key,
             type=type_url,
             version=rejected,
-            accepted_version=request.version_info,
+            accepted_version=accepted,
             code=detail.code,
             message=detail.message,
             **self._who(),
         )
-
-    def _now(self) -> float:
-        return self.servicer.clock.now()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -244,7 +244,7 @@ class _SotwStream(_Stream[_SotwState]):
                 log.debug("xds stale request ignored", stream=self.id, type=type_url)
                 return []
             if request.HasField("error_detail"):
-                self._nack(state, type_url, request, state.version_sent)
+                self._nack(state, type_url, request, state.version_sent, request.version_info)
                 state.nacked.add(frozenset((state.sent or {}).items()))
             else:
                 self._ack(state, type_url, request.version_info)
@@ -316,7 +316,7 @@ class _DeltaStream(_Stream[_DeltaState]):
         if request.response_nonce:
             version = _settle(state.outstanding, request.response_nonce)
             if version is not None and request.HasField("error_detail"):
-                self._nack(state, type_url, request, version)
+                self._nack(state, type_url, request, version, state.version_acked)
             elif version is not None:
                 self._ack(state, type_url, version)
         for name in request.resource_names_subscribe:
@@ -429,6 +429,8 @@ class AdsServicer(api.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
         self.metrics.xds_stream_opens.labels(stream.variant).inc()
         connected = self.metrics.xds_streams.labels(stream.variant)
         connected.inc()
+        # Every set() wakes the stream: the node may map to another key since the last one.
+        unwatch = self.cache.watch(None, stream.wake)
         reader = asyncio.create_task(_read(requests, stream.queue), name=f"xds-read-{stream.id}")
         try:
             while (item := await stream.queue.get()) is not _CLOSED:
@@ -436,7 +438,7 @@ class AdsServicer(api.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
                     yield response
         finally:
             reader.cancel()
-            stream.close()
+            unwatch()
             connected.dec()
             del self._streams[stream.id]
             log.info("xds stream closed", stream=stream.id, key=stream.key)

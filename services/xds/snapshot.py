@@ -8,9 +8,12 @@ naming a missing route configuration), so an inconsistent one is never published
 """
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from google.protobuf import json_format
 
 TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER = TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -28,8 +31,18 @@ class InconsistentSnapshotError(ValueError):
 
 
 def resource_version(message: Any) -> str:
-    """A content hash of one resource (deterministic serialization)."""
-    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()[:16]
+    """A content hash of one resource, the same in every process.
+
+    Hashed from canonical JSON (sorted keys), not from the wire bytes: the bytes of a
+    message packed in an ``Any`` (typed_config, typed_per_filter_config) keep whatever
+    map order they were serialized with, which varies between processes.
+    """
+    canonical = json.dumps(
+        json_format.MessageToDict(message, preserving_proto_field_name=True),
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from services.authz.paths import PathNormalization
 from services.policy.loader import LoadOptions, PolicySet, load_directory
 from services.xds.build import Services, build_snapshot, gateway_resources
 from services.xds.gateway import Endpoint
-from services.xds.istio import istio_documents
+from services.xds.istio import istio_documents, mesh_config_snippet
 from services.xds.render import bootstrap, static_config, to_yaml
 from services.xds.snapshot import (
     CLUSTER,
@@ -150,4 +150,9 @@ class TestRenders:
         text = yaml.safe_dump_all(documents)
         assert "outbound|8081||mixerless.istio-system.svc.cluster.local" in text
         assert documents[0]["spec"]["workloadSelector"] == {"labels": {"istio": "ingressgateway"}}
-        assert documents[-1]["extensionProviders"][0]["envoyExtAuthzGrpc"]["port"] == 9001
+        assert [d["kind"] for d in documents] == ["EnvoyFilter", "EnvoyFilter"]
+        snippet = mesh_config_snippet(
+            gateway, service="mixerless.istio-system.svc.cluster.local", authz_port=9001
+        )
+        provider = snippet["extensionProviders"][0]["envoyExtAuthzGrpc"]
+        assert (provider["port"], provider["timeout"]) == (9001, "1.0s")

@@ -60,6 +60,16 @@ INVALID_GATEWAYS = {
         "only one of prefix, exact or regex may be set",
     ),
     "bad regex": ("match: {prefix: /product}", "match: {regex: '(['}", "invalid regex"),
+    "regex RE2 cannot compile": (
+        "match: {prefix: /product}",
+        "match: {regex: '^/product(?=/)'}",
+        "uses lookaround ((?=, (?!, (?<=, (?<!), which Envoy's RE2 does not support",
+    ),
+    "unknown rate limit action": (
+        'backend: {endpoints: ["127.0.0.1:9000"]}',
+        'backend: {endpoints: ["127.0.0.1:9000"]}\n    rateLimits: [{actions: [{nope: {}}]}]',
+        "rateLimits: entry 0 is not an Envoy RateLimit",
+    ),
     "lower-case method": (
         "match: {prefix: /product}",
         "match: {prefix: /product, methods: [get]}",
