@@ -407,6 +407,9 @@ class AdsServicer(api.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._streams: dict[int, _Stream[Any]] = {}
         self._stream_ids = itertools.count(1)
+        for type_url in ORDER:  # zero-valued series, so "no NACKs" shows in /metrics
+            for family in (metrics.xds_pushes, metrics.xds_acks, metrics.xds_nacks):
+                family.labels(type_label(type_url))
 
     async def StreamAggregatedResources(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
