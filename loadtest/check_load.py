@@ -1,7 +1,8 @@
 """Load driver for mixerless's authz service (``envoy.service.auth.v3.Authorization/Check``).
 
 It starts its own ``mixerless serve --only authz`` on free ports with a generated policy
-directory (or the no-op ``noop_authz.py``), or targets an existing server with ``--target``.
+directory (or the no-op ``noop_server.py --service authz``), or targets an existing
+server with ``--target``.
 Before each run it checks a few answers, so a broken server cannot be benchmarked, then
 drives closed-loop load with h2load (one pre-serialized CheckRequest per h2load process)
 or the grpc.aio generator of ``rls_load.py`` (any number of distinct CheckRequests).
@@ -17,7 +18,7 @@ Scenarios (``--scenario``):
 * ``policies20-fresh-rs256``: the same policies; every request carries a DIFFERENT valid
   token from a pool larger than the server's token cache, so every request is a fresh
   RS256 verification. Needs the Python generator (h2load sends one body per process).
-* ``noop``: ``noop_authz.py``, an always-OK grpc.aio + uvloop server: the ceiling.
+* ``noop``: ``noop_server.py --service authz``, an always-OK grpc.aio + uvloop server: the ceiling.
 
 Each invocation appends one JSON line to ``loadtest/out/results.jsonl`` and prints a table.
 Shared machinery (processes, h2load, the grpc.aio generator, CPU accounting, idle wait,
@@ -670,7 +671,14 @@ class Bench:
         tag = f"{run}-{self.starts}"
         log = self.workdir / f"server-{tag}.log"
         if self.config.scenario == "noop":
-            argv = [sys.executable, str(HERE / "noop_authz.py"), "--port", str(grpc_port)]
+            argv = [
+                sys.executable,
+                str(HERE / "noop_server.py"),
+                "--service",
+                "authz",
+                "--port",
+                str(grpc_port),
+            ]
             proc = self.procs.start("noop", argv, log)
             rl.wait_grpc_ready(f"127.0.0.1:{grpc_port}", proc, log, timeout=30)
             return proc, f"127.0.0.1:{grpc_port}", None, log

@@ -649,7 +649,14 @@ class Bench:
         grpc_port, http_port = free_port(), free_port()
         log = self.workdir / f"server-{run}.log"
         if self.config.server == "noop":
-            argv = [sys.executable, str(HERE / "noop_rls.py"), "--port", str(grpc_port)]
+            argv = [
+                sys.executable,
+                str(HERE / "noop_server.py"),
+                "--service",
+                "rls",
+                "--port",
+                str(grpc_port),
+            ]
             proc = self.procs.start("noop", argv, log)
             wait_grpc_ready(f"127.0.0.1:{grpc_port}", proc, log, timeout=30)
             return proc, f"127.0.0.1:{grpc_port}", None, log
@@ -1020,7 +1027,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--server",
         choices=("mixerless", "noop"),
         default="mixerless",
-        help="noop: loadtest/noop_rls.py, an always-OK grpc.aio server (calibration baseline)",
+        help="noop: loadtest/noop_server.py --service rls, an always-OK grpc.aio server "
+        "(calibration baseline)",
     )
     parser.add_argument("--store", choices=("memory", "redis"), default="memory")
     parser.add_argument(

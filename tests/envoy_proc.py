@@ -12,6 +12,7 @@ Envoys and mixerless processes can run side by side on ports from ``free_port()`
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import http.client
 import json
@@ -179,11 +180,12 @@ def find_envoy() -> str:
     )
 
 
-class _StopOnExit:
+class _StopOnExit(abc.ABC):
     """``with`` support for anything with a ``stop()``."""
 
+    @abc.abstractmethod
     def stop(self) -> object:
-        raise NotImplementedError
+        """Stop it; safe to call more than once."""
 
     def __enter__(self) -> Self:
         return self

@@ -21,7 +21,7 @@ from services.authz.attributes import Attributes, HeaderValues
 from services.authz.workloads import Attachment, parse_attachment
 from services.policy.errors import ErrorSink
 from services.policy.fields import Fields, describe
-from services.policy.k8s import ObjectMeta, read_object
+from services.policy.k8s import ObjectMeta, read_spec
 
 KIND = "AuthorizationPolicy"
 DRY_RUN_ANNOTATION = "istio.io/dry-run"
@@ -362,14 +362,15 @@ def parse_bool(text: str) -> bool | None:
 
 def compile_policy(body: Any, line: int, sink: ErrorSink) -> AuthorizationPolicy | None:
     """Validate and compile one AuthorizationPolicy document; errors go to ``sink``."""
-    top, meta = read_object(body, line, sink, KIND)
-    spec = top.child(
-        "spec",
-        what="AuthorizationPolicy spec",
-        allowed={"selector", "targetRef", "targetRefs", "action", "provider", "rules"},
+    # `spec: {}` and no spec at all both mean "allow nothing"
+    top, meta, spec = read_spec(
+        body,
+        line,
+        sink,
+        KIND,
+        {"selector", "targetRef", "targetRefs", "action", "provider", "rules"},
     )
-    if spec is None:  # `spec: {}` and no spec at all both mean "allow nothing"
-        spec = Fields({}, path="spec", sink=sink, line=top.line, what="spec", allowed=())
+    assert spec is not None
     errors_before = len(sink.errors)
     action_text = spec.text("action") or "ALLOW"
     try:

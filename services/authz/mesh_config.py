@@ -18,7 +18,7 @@ from services.authz.paths import PathNormalization
 from services.authz.providers.config import Provider, parse_provider
 from services.policy.errors import ErrorSink
 from services.policy.fields import Fields
-from services.policy.k8s import CONFIGMAP_KEYS, read_object
+from services.policy.k8s import CONFIGMAP_KEYS, read_object, read_spec
 from services.policy.yamltext import YamlSyntaxError, parse_documents
 
 AUTHZ_PROVIDER_KINDS = ("envoyExtAuthzGrpc", "envoyExtAuthzHttp")
@@ -87,10 +87,8 @@ def _read_mesh(mesh: Fields, *, strict: bool, source: str) -> MeshSettings:
 def compile_mesh_config(body: Any, line: int, sink: ErrorSink) -> MeshSettings | None:
     """A ``mixerless.io/v1alpha1`` ``MeshConfig`` document."""
     errors_before = len(sink.errors)
-    top, _ = read_object(body, line, sink, "MeshConfig")
-    spec = top.child("spec", what="MeshConfig spec", allowed=MESH_KEYS)
-    if spec is None:
-        spec = Fields({}, path="spec", sink=sink, line=top.line, what="spec", allowed=())
+    top, _, spec = read_spec(body, line, sink, "MeshConfig", MESH_KEYS)
+    assert spec is not None
     settings = _read_mesh(spec, strict=True, source=f"{sink.file}:{top.line}")
     return settings if len(sink.errors) == errors_before else None
 

@@ -14,7 +14,7 @@ from services.authz.workloads import Attachment, parse_attachment
 from services.policy.durations import parse_proto_duration
 from services.policy.errors import ErrorSink
 from services.policy.fields import Fields
-from services.policy.k8s import ObjectMeta, read_object
+from services.policy.k8s import ObjectMeta, read_spec
 
 KIND = "RequestAuthentication"
 RULE_KEYS = frozenset(
@@ -112,14 +112,10 @@ def compile_request_authentication(
 ) -> RequestAuthentication | None:
     """Validate one RequestAuthentication document; errors go to ``sink``."""
     errors_before = len(sink.errors)
-    top, meta = read_object(body, line, sink, KIND)
-    spec = top.child(
-        "spec",
-        what="RequestAuthentication spec",
-        allowed={"selector", "targetRef", "targetRefs", "jwtRules"},
+    top, meta, spec = read_spec(
+        body, line, sink, KIND, {"selector", "targetRef", "targetRefs", "jwtRules"}
     )
-    if spec is None:
-        spec = Fields({}, path="spec", sink=sink, line=top.line, what="spec", allowed=())
+    assert spec is not None
     rules = tuple(
         _jwt_rule(rule, f"{meta.key}#jwtRules[{index}]")
         for index, rule in enumerate(spec.children("jwtRules", what="jwtRule", allowed=RULE_KEYS))

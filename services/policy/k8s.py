@@ -5,6 +5,7 @@ Objects copied from ``kubectl get -o yaml`` carry fields the server fills in
 anything else unknown is an error.
 """
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,30 @@ def read_object(
         labels = string_map(meta, "labels")
         annotations = string_map(meta, "annotations")
     return top, ObjectMeta(name, namespace, labels, annotations)
+
+
+def read_spec(
+    body: Any,
+    line: int,
+    sink: ErrorSink,
+    kind: str,
+    allowed: Collection[str],
+    *,
+    required: str = "",
+) -> tuple[Fields, ObjectMeta, Fields | None]:
+    """The top-level fields, metadata and ``spec`` of a document of ``kind``.
+
+    An absent ``spec`` reads as an empty one, unless ``required`` is set: then it is
+    reported with that message and ``spec`` is None.
+    """
+    top, meta = read_object(body, line, sink, kind)
+    spec = top.child("spec", what=f"{kind} spec", allowed=allowed)
+    if spec is None:
+        if required:
+            top.missing("spec", required)
+            return top, meta, None
+        spec = Fields({}, path="spec", sink=sink, line=top.line, what="spec", allowed=())
+    return top, meta, spec
 
 
 def string_map(fields: Fields, key: str) -> dict[str, str]:

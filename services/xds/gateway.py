@@ -32,7 +32,7 @@ from services import envoy_api as api
 from services.policy.durations import parse_proto_duration
 from services.policy.errors import ErrorSink
 from services.policy.fields import Fields
-from services.policy.k8s import ObjectMeta, read_object
+from services.policy.k8s import ObjectMeta, read_spec
 from services.xds.re2 import check_re2
 
 KIND = "Gateway"
@@ -326,14 +326,15 @@ def _service(spec: Fields, key: str, timeout: float, fail_open: bool) -> Service
 def compile_gateway(body: Any, line: int, sink: ErrorSink) -> Gateway | None:
     """Validate one Gateway document; errors go to ``sink``."""
     errors_before = len(sink.errors)
-    top, meta = read_object(body, line, sink, KIND)
-    spec = top.child(
-        "spec",
-        what="Gateway spec",
-        allowed={"nodes", "listeners", "routes", "authz", "rateLimit", "domain"},
+    top, meta, spec = read_spec(
+        body,
+        line,
+        sink,
+        KIND,
+        {"nodes", "listeners", "routes", "authz", "rateLimit", "domain"},
+        required="a Gateway needs a spec with listeners and routes",
     )
     if spec is None:
-        top.missing("spec", "a Gateway needs a spec with listeners and routes")
         return None
     if meta.name and not _NAME.match(meta.name):
         top.error("metadata", f"name '{meta.name}' must be a DNS label")

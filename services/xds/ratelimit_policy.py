@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.policy.errors import ErrorSink
-from services.policy.k8s import ObjectMeta, read_object
+from services.policy.k8s import ObjectMeta, read_spec
 from services.ratelimit.model import Unit
 
 KIND = "RateLimitPolicy"
@@ -166,14 +166,15 @@ def descriptor_config(policy: RateLimitPolicy) -> dict[str, Any]:
 def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimitPolicy | None:
     """Validate one RateLimitPolicy document; errors go to ``sink``."""
     errors_before = len(sink.errors)
-    top, meta = read_object(body, line, sink, KIND)
-    spec = top.child(
-        "spec",
-        what="RateLimitPolicy spec",
-        allowed={"targetRef", "routes", "match", "limit", "countBy", "shadowMode"},
+    top, meta, spec = read_spec(
+        body,
+        line,
+        sink,
+        KIND,
+        {"targetRef", "routes", "match", "limit", "countBy", "shadowMode"},
+        required="a RateLimitPolicy needs a spec",
     )
     if spec is None:
-        top.missing("spec", "a RateLimitPolicy needs a spec")
         return None
     target = spec.child("targetRef", what="targetRef", allowed={"group", "kind", "name"})
     gateway = ""
