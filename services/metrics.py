@@ -6,6 +6,9 @@ A ``Metrics`` owns its own registry (no import-time globals), so tests and
 not request values), except where a rule opts into ``detailed_metric``.
 """
 
+import time
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -104,6 +107,19 @@ class Metrics:
             registry=r,
         )
 
+    def rpc_recorder(self, service: str, outcomes: Iterable[str]) -> "RpcRecorder":
+        """Per-call metrics of one gRPC service, with labelled children resolved once
+        (``labels()`` costs ~10 µs: too much per call)."""
+        return RpcRecorder(
+            {
+                outcome: (
+                    self.rpc_requests.labels(service, outcome).inc,
+                    self.rpc_latency.labels(service, outcome).observe,
+                )
+                for outcome in outcomes
+            }
+        )
+
     def set_policy(self, digest: str, loaded_at: float) -> None:
         self.policy_info.clear()
         self.policy_info.labels(digest).set(1)
@@ -111,3 +127,16 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RpcRecorder:
+    """Counts one call and observes its duration, by outcome."""
+
+    def __init__(self, children: dict[str, tuple[Callable[[], None], Callable[[float], None]]]):
+        self._children = children
+
+    def record(self, outcome: str, started: float) -> None:
+        """One call with ``outcome`` that began at ``time.perf_counter()`` ``started``."""
+        count, observe = self._children[outcome]
+        count()
+        observe(time.perf_counter() - started)

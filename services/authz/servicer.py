@@ -137,13 +137,7 @@ class AuthorizationServicer(api.AuthorizationServicer):  # type: ignore[misc]
 
     def __init__(self, service: AuthzService, metrics: Metrics) -> None:
         self._service = service
-        self._record = {
-            outcome: (
-                metrics.rpc_requests.labels(SERVICE, outcome).inc,
-                metrics.rpc_latency.labels(SERVICE, outcome).observe,
-            )
-            for outcome in OUTCOMES
-        }
+        self._calls = metrics.rpc_recorder(SERVICE, OUTCOMES)
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
@@ -156,7 +150,5 @@ class AuthorizationServicer(api.AuthorizationServicer):  # type: ignore[misc]
         except Exception:  # fail closed: a bug denies this request, and is logged
             log.exception("Check failed; denying")
             decision, outcome = _INTERNAL_ERROR, "error"
-        count, observe = self._record[outcome]
-        count()
-        observe(time.perf_counter() - started)
+        self._calls.record(outcome, started)
         return response_for(decision)
