@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
+import yaml
+
 LOOPBACK = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
 LOG_TAIL_CHARS = 6_000
@@ -578,6 +580,52 @@ def admin_config(port: int) -> dict[str, Any]:
 def socket_address(port: int, address: str = LOOPBACK) -> dict[str, Any]:
     """An ``envoy.config.core.v3.Address`` for ``address:port``."""
     return {"socket_address": {"address": address, "port_value": port}}
+
+
+ROUTER_FILTER: dict[str, Any] = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+
+
+def http_listener_bootstrap(
+    *,
+    name: str,
+    listen_port: int,
+    admin_port: int,
+    routes: list[dict[str, Any]],
+    http_filters: list[dict[str, Any]],
+    clusters: list[dict[str, Any]],
+) -> str:
+    """A static Envoy config as YAML: one HTTP listener running ``http_filters`` then the
+    router over ``routes`` (any host), plus ``clusters`` and the admin port."""
+    hcm = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+            "http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "route_config": {
+                "name": name,
+                "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}],
+            },
+            "http_filters": [*http_filters, ROUTER_FILTER],
+        },
+    }
+    bootstrap = {
+        "admin": admin_config(admin_port),
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": name,
+                    "address": socket_address(listen_port),
+                    "filter_chains": [{"filters": [hcm]}],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+    return yaml.safe_dump(bootstrap, sort_keys=False)
 
 
 def static_cluster(

@@ -12,17 +12,15 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-import yaml
 
 from tests.e2e.conftest import Launcher
 from tests.envoy_proc import (
     EnvoyProcess,
     HttpResponse,
     Upstream,
-    admin_config,
     free_port,
+    http_listener_bootstrap,
     http_request,
-    socket_address,
     static_cluster,
     wait_for_fresh_window,
 )
@@ -90,44 +88,18 @@ def envoy_config(*, listen: int, admin: int, upstream: int, authz: int, rls: int
                 },
             },
         },
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-            },
-        },
     ]
-    hcm = {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network."
-            "http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "gateway",
-            "route_config": {
-                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]
-            },
-            "http_filters": filters,
-        },
-    }
-    return yaml.safe_dump(
-        {
-            "admin": admin_config(admin),
-            "static_resources": {
-                "listeners": [
-                    {
-                        "name": "gateway",
-                        "address": socket_address(listen),
-                        "filter_chains": [{"filters": [hcm]}],
-                    }
-                ],
-                "clusters": [
-                    static_cluster("upstream", upstream),
-                    static_cluster(AUTHZ_CLUSTER, authz, http2=True),
-                    static_cluster(RLS_CLUSTER, rls, http2=True),
-                ],
-            },
-        },
-        sort_keys=False,
+    return http_listener_bootstrap(
+        name="gateway",
+        listen_port=listen,
+        admin_port=admin,
+        routes=routes,
+        http_filters=filters,
+        clusters=[
+            static_cluster("upstream", upstream),
+            static_cluster(AUTHZ_CLUSTER, authz, http2=True),
+            static_cluster(RLS_CLUSTER, rls, http2=True),
+        ],
     )
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-import yaml
 
 from tests.e2e.conftest import Launcher
 from tests.envoy_proc import (
@@ -21,10 +20,9 @@ from tests.envoy_proc import (
     HttpResponse,
     MixerlessProcess,
     Upstream,
-    admin_config,
     free_port,
+    http_listener_bootstrap,
     http_request,
-    socket_address,
     static_cluster,
     wait_for_fresh_window,
     wait_until,
@@ -105,42 +103,17 @@ def edge_envoy_config(
             },
         },
     }
-    router_filter = {
-        "name": "envoy.filters.http.router",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-        },
-    }
-    hcm = {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network."
-            "http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "edge",
-            "route_config": {
-                "name": "edge",
-                "virtual_hosts": [{"name": "edge", "domains": ["*"], "routes": routes}],
-            },
-            "http_filters": [ratelimit_filter, router_filter],
-        },
-    }
-    bootstrap = {
-        "admin": admin_config(admin_port),
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "edge",
-                    "address": socket_address(listen_port),
-                    "filter_chains": [{"filters": [hcm]}],
-                }
-            ],
-            "clusters": [
-                static_cluster(UPSTREAM_CLUSTER, upstream_port),
-                static_cluster(RLS_CLUSTER, rls_port, http2=True),
-            ],
-        },
-    }
-    return yaml.safe_dump(bootstrap, sort_keys=False)
+    return http_listener_bootstrap(
+        name="edge",
+        listen_port=listen_port,
+        admin_port=admin_port,
+        routes=routes,
+        http_filters=[ratelimit_filter],
+        clusters=[
+            static_cluster(UPSTREAM_CLUSTER, upstream_port),
+            static_cluster(RLS_CLUSTER, rls_port, http2=True),
+        ],
+    )
 
 
 @dataclass
