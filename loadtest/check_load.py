@@ -938,21 +938,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="auto: python for policies20-fresh-rs256 (needs distinct bodies), else h2load "
         "when installed",
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    parser.add_argument("--runs", type=int, default=3, help="runs; the median is reported")
-    parser.add_argument(
-        "--connections",
-        type=int,
-        default=4,
-        help="HTTP/2 connections (h2load -c; python: channels)",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=8,
-        help="streams in flight per connection (h2load -m; python: tasks per channel)",
-    )
+    rl.add_run_arguments(parser)
     parser.add_argument(
         "--h2load-procs",
         type=int,
@@ -980,20 +966,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run `mixerless serve` from this source tree's `services` package instead of the "
         "working tree (e.g. a `git archive HEAD services` extract, while others edit services/)",
     )
-    parser.add_argument("--metrics-url", help="with --target: its /metrics URL")
-    parser.add_argument("--server-pid", type=int, help="with --target: its pid, for CPU figures")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        help="before each run, wait up to this many seconds for the machine to be idle (0: off)",
-    )
-    parser.add_argument(
-        "--idle-below",
-        type=float,
-        default=0.25,
-        help="'idle': all processes together use fewer cores than this over 1 s",
-    )
     parser.add_argument(
         "--max-other",
         type=float,
@@ -1007,9 +979,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=2,
         help="repetitions of a discarded run; the last one is kept whatever its 'other'",
     )
-    parser.add_argument("--label", default="", help="name of this configuration in the results")
-    parser.add_argument("--results", type=Path, default=rl.RESULTS, help="JSON lines file")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the temp directory")
     parser.add_argument(
         "--print-policy",
         action="store_true",

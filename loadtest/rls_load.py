@@ -1017,6 +1017,43 @@ def median_of(
 # --- command line ------------------------------------------------------------------------
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every load driver here shares: run length and shape, idle waiting,
+    where results go. (check_load.py adds these too.)"""
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--runs", type=int, default=3, help="runs; the median is reported")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=4,
+        help="HTTP/2 connections (h2load -c; python: channels)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="streams in flight per connection (h2load -m; python: tasks per channel)",
+    )
+    parser.add_argument("--metrics-url", help="with --target: its /metrics URL")
+    parser.add_argument("--server-pid", type=int, help="with --target: its pid, for CPU figures")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this many seconds for the machine to be idle (0: off)",
+    )
+    parser.add_argument(
+        "--idle-below",
+        type=float,
+        default=0.25,
+        help="'idle': all processes together use fewer cores than this over 1 s",
+    )
+    parser.add_argument("--label", default="", help="name of this configuration in the results")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the temp directory")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Drive load at mixerless's ShouldRateLimit and report decisions/s, latency "
@@ -1037,21 +1074,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="auto",
         help="auto: h2load when installed, else python",
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    parser.add_argument("--runs", type=int, default=3, help="runs; the median is reported")
-    parser.add_argument(
-        "--connections",
-        type=int,
-        default=4,
-        help="HTTP/2 connections (h2load -c; python: channels)",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=8,
-        help="streams in flight per connection (h2load -m; python: tasks per channel)",
-    )
+    add_run_arguments(parser)
     parser.add_argument("--users", type=int, default=10_000, help="distinct users")
     parser.add_argument(
         "--descriptors",
@@ -1090,23 +1113,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="host:port of a running server (no server started); "
         "it must serve the policy from --print-policy",
     )
-    parser.add_argument("--metrics-url", help="with --target: its /metrics URL")
-    parser.add_argument("--server-pid", type=int, help="with --target: its pid, for CPU figures")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        help="before each run, wait up to this many seconds for the machine to be idle (0: off)",
-    )
-    parser.add_argument(
-        "--idle-below",
-        type=float,
-        default=0.25,
-        help="'idle': all processes together use fewer cores than this over 1 s",
-    )
-    parser.add_argument("--label", default="", help="name of this configuration in the results")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the temp directory")
     parser.add_argument(
         "--print-policy", action="store_true", help="print the benchmark policy YAML and exit"
     )
