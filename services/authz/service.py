@@ -23,7 +23,7 @@ from services.authz.client_address import trusted_client_address
 from services.authz.config import AuthzConfig
 from services.authz.jwt.authenticate import JwtAuthenticator
 from services.authz.model import RBAC_DENIED, CheckInput, Decision, HttpRequest, Reason
-from services.authz.paths import InvalidPathError, full_path_with_query, request_path
+from services.authz.paths import InvalidPathError, full_path_with_query
 from services.authz.providers.client import AuthzProviderClient
 from services.authz.providers.config import Provider
 from services.authz.workloads import Workload, parse_labels
@@ -117,10 +117,10 @@ class AuthzService:
                 False, 400, "Bad Request", reason=Reason("method", detail=request.method)
             )
         try:
-            path = request_path(request.path, mesh.path_normalization)
             path_with_query = full_path_with_query(request.path, mesh.path_normalization)
         except InvalidPathError as exc:
             return Decision(False, 400, "Bad Request", reason=Reason("path", detail=str(exc)))
+        path = path_with_query.partition("?")[0]  # only the part before "?" is normalized
         if path_with_query != request.path:
             # Envoy normalizes before any filter: JWT challenges and providers see this path.
             request = replace(request, path=path_with_query)

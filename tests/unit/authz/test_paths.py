@@ -320,3 +320,30 @@ class TestIdempotence:
         """Re-normalizing what Envoy forwarded is harmless: the function is idempotent."""
         once = request_path(raw, mode)
         assert request_path(once, mode) == once
+
+
+class TestPathWithQuery:
+    @pytest.mark.parametrize("mode", list(PathNormalization))
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            "/a/../b?x=/../y",
+            "//a//b?q",
+            "/%2e%2e/admin?%2F",
+            "/a%2Fb?",
+            "/p#frag",
+            "/\\a?b#c",
+            "/x",
+        ],
+    )
+    def test_path_is_the_query_less_part(self, raw: str, mode: PathNormalization) -> None:
+        """The normalized path equals the normalized :path up to its query (the service
+        normalizes once and cuts the query off)."""
+        assert full_path_with_query(raw, mode).partition("?")[0] == request_path(raw, mode)
+
+    @pytest.mark.parametrize("mode", list(PathNormalization))
+    def test_invalid_paths_fail_both_ways(self, mode: PathNormalization) -> None:
+        """A path that is invalid without its query is invalid with it too."""
+        for function in (full_path_with_query, request_path):
+            with pytest.raises(InvalidPathError):
+                function("\\a?b#c", mode)
