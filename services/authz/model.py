@@ -6,7 +6,7 @@
 these types and nothing from gRPC.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,44 @@ class CheckInput:
     original: Any = None  # the CheckRequest itself, forwarded as-is to gRPC CUSTOM providers
 
 
+class DynamicMetadata(Mapping[str, Any]):
+    """The ``dynamic_metadata`` of an allowed CheckResponse, as plain values.
+
+    Built once where its values are known (per verified token, in the JWT cache
+    entry) and then handed on by reference. The servicer's wire encoding is kept on
+    the object itself (``encoded``), so it is made once and is dropped with the
+    object: no cache anywhere else needs to know which metadata it has seen.
+    """
+
+    __slots__ = ("_encoded", "_values")
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = dict(values)
+        self._encoded: bytes | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"DynamicMetadata({self._values!r})"
+
+    def encoded(self, encode: Callable[[Mapping[str, Any]], bytes]) -> bytes:
+        """``encode(values)``, computed on first use and kept with this object."""
+        if self._encoded is None:
+            self._encoded = encode(self._values)
+        return self._encoded
+
+    def merged(self, other: Mapping[str, Any]) -> "DynamicMetadata":
+        """A new object with ``other``'s keys over these (its encoding made afresh)."""
+        return DynamicMetadata({**self._values, **other})
+
+
 @dataclass(frozen=True, slots=True)
 class Reason:
     """Which policy and rule decided, for logs and ``mixerless explain``."""
@@ -87,7 +125,7 @@ class Decision:
     downstream_headers: tuple[Header, ...] = ()  # set on the response to the client
     query_parameters_to_set: tuple[Header, ...] = ()
     query_parameters_to_remove: tuple[str, ...] = ()
-    dynamic_metadata: Mapping[str, Any] | None = None
+    dynamic_metadata: DynamicMetadata | None = None
     reason: Reason = field(default_factory=lambda: Reason("default"))
     audit: tuple[str, ...] = ()  # AUDIT policies that matched
     dry_run: tuple[str, ...] = ()  # what dry-run policies would have done
