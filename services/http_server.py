@@ -22,8 +22,8 @@ from google.protobuf import json_format
 
 from services import envoy_api as api
 from services.authz.config import describe_authz
+from services.catalog.state import PolicyState
 from services.metrics import Metrics
-from services.policy.state import PolicyState
 from services.ratelimit.config import describe_config
 from services.ratelimit.model import Code
 from services.ratelimit.service import InvalidRequestError, RateLimitService, UnavailableError
@@ -94,7 +94,7 @@ def build_app(view: OpsView) -> web.Application:
             "last_rejection": (
                 {"at": rejection.at, "errors": list(rejection.errors)} if rejection else None
             ),
-            "gateways": [g.name for g in current.gateways] if current else [],
+            "gateways": [g.name for g in current.xds.gateways] if current else [],
         }
         for name, section in view.debug.items():
             body[name] = section()

@@ -7,7 +7,6 @@ implementations (counter store, clock) and wires policy reloads to health.
 import asyncio
 import contextlib
 import signal
-from typing import Any
 
 import structlog
 
@@ -17,6 +16,9 @@ from services.authz.jwt.keys import KeyResolver, RemoteKeySource
 from services.authz.providers.registry import ProviderClients
 from services.authz.service import AuthzService
 from services.authz.servicer import AuthorizationServicer
+from services.catalog.loader import PolicySet
+from services.catalog.state import PolicyState
+from services.catalog.watcher import PolicyWatcher
 from services.clock import Clock, SystemClock
 from services.envoy_api import (
     AGGREGATED_DISCOVERY_SERVICE_NAME,
@@ -29,9 +31,6 @@ from services.envoy_api import (
 from services.grpc_server import GrpcServer
 from services.http_server import HttpServer, OpsView
 from services.metrics import Metrics
-from services.policy.loader import PolicySet
-from services.policy.state import PolicyState
-from services.policy.watcher import PolicyWatcher
 from services.ratelimit.local_cache import OverLimitCache
 from services.ratelimit.memory_store import InMemoryCounterStore
 from services.ratelimit.model import RateLimitConfig
@@ -39,15 +38,13 @@ from services.ratelimit.service import RateLimitService
 from services.ratelimit.servicer import RateLimitServicer
 from services.ratelimit.store import CounterStore
 from services.settings import Settings
-from services.xds.build import Services, build_snapshot
-from services.xds.cache import SnapshotCache
+from services.xds.build import Services
 from services.xds.gateway import Endpoint
+from services.xds.publisher import SnapshotPublisher
 from services.xds.server import AdsServicer
-from services.xds.snapshot import CLUSTER, ENDPOINT, Snapshot
 
 log = structlog.get_logger("mixerless")
 
-CLUSTER_DRAIN = 2.0  # seconds between routes leaving a cluster and the cluster's removal
 HTTP_PATHS = "/healthz /healthcheck /readyz /metrics /debug/config /json"
 
 
@@ -140,12 +137,19 @@ class Application:
             )
             self.grpc_servers.append(self.authz)
         self.xds: GrpcServer | None = None
-        self.snapshots = SnapshotCache()
-        self._gateway_for_node: dict[str, str] = {}
-        self._pending: dict[str, Snapshot] = {}
+        advertised = settings.advertise_address
+        self.publisher = SnapshotPublisher(
+            Services(
+                Endpoint(advertised, settings.authz_port),
+                Endpoint(advertised, settings.ratelimit_port),
+            ),
+            self.metrics,
+        )
         self.ads: AdsServicer | None = None
         if "xds" in settings.services:
-            ads = AdsServicer(self.snapshots, self._key_for_node, self.metrics, self.clock)
+            ads = AdsServicer(
+                self.publisher.cache, self.publisher.gateway_for, self.metrics, self.clock
+            )
             self.ads = ads
             self.xds = GrpcServer(
                 "xds",
@@ -185,63 +189,9 @@ class Application:
         self.state.subscribe(self._on_policy)
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="policy-watcher"))
 
-    def _key_for_node(self, node: Any) -> str | None:
-        """The gateway an Envoy serves: by node id, else by node cluster."""
-        return self._gateway_for_node.get(node.id) or self._gateway_for_node.get(node.cluster)
-
-    def _publish_snapshots(self, policy_set: PolicySet) -> None:
-        """Rebuild every gateway's snapshot; one that fails keeps its previous snapshot."""
-        advertised = self.settings.advertise_address
-        services = Services(
-            Endpoint(advertised, self.settings.authz_port),
-            Endpoint(advertised, self.settings.ratelimit_port),
-        )
-        self._gateway_for_node = {
-            node: gateway.name for gateway in policy_set.gateways for node in gateway.nodes
-        }
-        for gateway in policy_set.gateways:
-            policies = policy_set.gateway_policies(gateway.name)
-            try:
-                snapshot = build_snapshot(gateway, policies, policy_set.authz.mesh, services)
-            except ValueError as exc:  # checked at load; only mixerless's own addresses differ
-                self.metrics.policy_loads.labels("xds_error").inc()
-                log.error("gateway config not built", gateway=gateway.name, error=str(exc))
-                continue
-            self._publish(gateway.name, snapshot)
-        for removed in set(self.snapshots.keys()) - {g.name for g in policy_set.gateways}:
-            self._publish(removed, Snapshot.build({}))  # a deleted Gateway: serve nothing
-
-    def _publish(self, name: str, snapshot: Snapshot) -> None:
-        """Publish, removing clusters only after routes stopped using them: a bridge
-        snapshot keeps the old clusters, the final one follows ``CLUSTER_DRAIN`` later."""
-        self._pending.pop(name, None)
-        previous = self.snapshots.get(name)
-        stale = previous.names(CLUSTER) - snapshot.names(CLUSTER) if previous else frozenset()
-        if not stale or previous is None:
-            self.snapshots.set(name, snapshot)
-            return
-        kept = {
-            CLUSTER: {n: previous.resources[CLUSTER][n] for n in stale},
-            ENDPOINT: {n: m for n, m in previous.resources[ENDPOINT].items() if n in stale},
-        }
-        bridge = Snapshot.build(
-            {
-                type_url: {**kept.get(type_url, {}), **snapshot.resources[type_url]}
-                for type_url in snapshot.resources
-            }
-        )
-        self.snapshots.set(name, bridge)
-        self._pending[name] = snapshot
-        asyncio.get_running_loop().call_later(CLUSTER_DRAIN, self._finish, name, snapshot)
-
-    def _finish(self, name: str, snapshot: Snapshot) -> None:
-        if self._pending.get(name) is snapshot:  # not superseded by a newer publish
-            del self._pending[name]
-            self.snapshots.set(name, snapshot)
-
     def _on_policy(self, policy_set: PolicySet) -> None:
         if self.xds is not None:
-            self._publish_snapshots(policy_set)
+            self.publisher.publish(policy_set.xds.gateways)
         updates = [server.set_serving(True) for server in self.grpc_servers]
         if self.providers is not None:  # close clients of providers the new set dropped
             updates.append(self.providers.retain(policy_set.authz.mesh.providers.values()))

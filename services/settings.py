@@ -1,27 +1,41 @@
 """Settings, built once at start-up: command-line flag, else ``MIXERLESS_*`` env var, else default.
 
-This is the only module that reads the environment. Every setting is declared
-once in ``OPTIONS`` (flag, env var, parser, default, help); a malformed value
-stops start-up with an error naming both the flag and the variable.
+This is the only module that reads the environment. ``Settings`` is the table:
+each field is declared once, with the option that fills it (flag, parser, default
+text, help; the variable is ``MIXERLESS_`` + the flag), the way envoyproxy/ratelimit
+tags each field of its one settings struct. A field made of several options (the
+rate limit switches, the Redis connection, ...) is a ``part`` listing them by the
+field of the object they land in. Defaults are the parsed default texts, so a
+``Settings()`` built in a test is what ``mixerless serve`` runs with nothing given.
+
+A malformed value stops start-up with one line per bad setting naming both the
+flag and the variable.
+
+To add a setting: add one field to ``Settings`` (or one ``Option`` to its ``part``,
+plus the field it lands in), and its row to the table in docs/operations.md
+(``tests/unit/test_settings.py`` checks the two agree).
 """
 
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from services.authz.service import WorkloadDefaults
+from services.authz.plan import WorkloadDefaults
 from services.authz.workloads import parse_labels
+from services.catalog.loader import LoadOptions
 from services.grpc_server import ServerOptions
 from services.policy.durations import parse_duration
-from services.policy.loader import LoadOptions
+from services.ratelimit.redis_settings import RedisSettings
 from services.ratelimit.redis_url import parse_redis_target
 from services.ratelimit.service import RateLimitOptions
 
 ENV_PREFIX = "MIXERLESS_"
 SERVICES = ("ratelimit", "authz", "xds")
+
+T = TypeVar("T")
 
 
 class SettingsError(ValueError):
@@ -68,6 +82,11 @@ def parse_ratio(text: str) -> float:
     return value
 
 
+def parse_host(text: str) -> str:
+    """A listen address; an IPv6 address may come in brackets."""
+    return text.strip().strip("[]")
+
+
 def parse_redis_url(text: str) -> str | None:
     """A Redis URL checked in full (scheme, hosts, db, TLS options) at start-up."""
     if not text.strip():
@@ -109,15 +128,17 @@ def parse_header_names(text: str) -> tuple[str, str, str]:
     return names[0], names[1], names[2]
 
 
+# --- the table's vocabulary --------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One setting: ``--flag`` / ``MIXERLESS_FLAG``, its parser, default and help."""
+    """One setting: ``--flag`` / ``MIXERLESS_FLAG``, its parser, default text and help."""
 
     flag: str
     parse: Callable[[str], Any]
     default: str
     help: str
-    boolean: bool = False
 
     @property
     def dest(self) -> str:
@@ -127,94 +148,201 @@ class Option:
     def env(self) -> str:
         return ENV_PREFIX + self.dest.upper()
 
-
-OPTIONS: tuple[Option, ...] = (
-    Option("policies", str, "policies", "policy directory to serve (watched for changes)"),
-    Option("host", lambda text: text.strip().strip("[]"), "0.0.0.0", "listen address (IPv6 ok)"),
-    Option("ratelimit-port", parse_port, "8081", "gRPC port of the rate limit service"),
-    Option("authz-port", parse_port, "9001", "gRPC port of the authz (ext_authz) service"),
-    Option("xds-port", parse_port, "18000", "gRPC port of the xds (ADS) service"),
-    Option("http-port", parse_port, "8080", "HTTP port: /healthz /readyz /metrics /debug/config"),
-    Option(
-        "advertise-address",
-        str,
-        "127.0.0.1",
-        "address gateway Envoys use to reach this mixerless (xDS, authz, ratelimit)",
-    ),
-    Option("only", parse_services, ",".join(SERVICES), "comma-separated services to run"),
-    Option(
-        "workload-namespace",
-        str,
-        "istio-system",
-        "namespace of the gateway, when a CheckRequest does not say (context extension)",
-    ),
-    Option(
-        "workload-labels",
-        parse_workload_labels,
-        "istio=ingressgateway",
-        "labels of the gateway (k=v,...), when a CheckRequest does not say",
-    ),
-    Option(
-        "jwks-refresh-interval", parse_duration, "20m", "how often remote JWKS are fetched again"
-    ),
-    Option("redis", parse_redis_url, "", "Redis URL for shared counters (empty: in memory)"),
-    Option("redis-pool-size", parse_positive, "16", "Redis connections per node"),
-    Option("redis-connect-timeout", parse_duration, "1s", "timeout to open a Redis connection"),
-    Option("redis-timeout", parse_duration, "500ms", "timeout of one Redis round trip"),
-    Option("expiration-jitter", parse_count, "300", "max random seconds added to Redis key TTLs"),
-    Option("cache-key-prefix", str, "", "prefix of every counter key"),
-    Option("local-cache-size", parse_count, "0", "over-limit keys kept in memory (0: off)"),
-    Option("near-limit-ratio", parse_ratio, "0.8", "share of a limit counted as near_limit"),
-    Option("shadow-mode", parse_bool, "false", "answer OK overall, whatever the limits", True),
-    Option("quota-mode", parse_bool, "false", "treat every limit as a quota", True),
-    Option("response-headers", parse_bool, "false", "add RateLimit-* headers to responses", True),
-    Option(
-        "response-header-names",
-        parse_header_names,
-        "RateLimit-Limit,RateLimit-Remaining,RateLimit-Reset",
-        "names of the limit, remaining and reset headers",
-    ),
-    Option("dynamic-metadata", parse_bool, "false", "return rate limit dynamic metadata", True),
-    Option("merge-domains", parse_bool, "false", "merge config files that share a domain", True),
-    Option("reload-interval", parse_duration, "500ms", "how often to look for policy changes"),
-    Option("shutdown-grace", parse_duration, "10s", "time in-flight calls get on SIGTERM"),
-    Option("max-message-bytes", parse_positive, "4194304", "largest gRPC message accepted"),
-    Option("log-level", parse_choice("debug", "info", "warning", "error"), "info", "log level"),
-    Option("log-format", parse_choice("json", "console"), "console", "log line format"),
-)
+    @property
+    def boolean(self) -> bool:
+        """Switched with ``--flag`` / ``--no-flag`` rather than given a value."""
+        return self.parse is parse_bool
 
 
 @dataclass(frozen=True, slots=True)
-class RedisSettings:
-    url: str
-    pool_size: int
-    connect_timeout: float
-    timeout: float
-    expiration_jitter: int
+class Part:
+    """Options that land together in one object, by the name of its field they fill.
+
+    With ``unless_empty``, the part is None while that field's value is empty
+    (no ``--redis`` URL: no Redis settings at all).
+    """
+
+    make: Callable[..., Any]
+    options: Mapping[str, Option]
+    unless_empty: str | None = None
+
+    def build(self, values: Mapping[str, Any]) -> Any:
+        """The object from resolved values (by option ``dest``)."""
+        given = {name: values[option.dest] for name, option in self.options.items()}
+        if self.unless_empty is not None and not given[self.unless_empty]:
+            return None
+        return self.make(**given)
+
+    def default(self) -> Any:
+        """The object from every option's default text."""
+        return self.build({o.dest: o.parse(o.default) for o in self.options.values()})
+
+
+_OPTION = "mixerless.option"
+_PART = "mixerless.part"
+
+
+def setting(flag: str, parse: Callable[[str], T], default: str, help: str) -> T:
+    """A ``Settings`` field filled by one option; its default is ``parse(default)``."""
+    option = Option(flag, parse, default, help)
+    return field(default=parse(default), metadata={_OPTION: option})
+
+
+def part(make: Callable[..., T], **options: Option) -> T:
+    """A ``Settings`` field holding ``make(**{name: value of option})``."""
+    built = Part(make, options)
+    declared: T = field(default_factory=built.default, metadata={_PART: built})
+    return declared
+
+
+def optional_part(make: Callable[..., T], unless_empty: str, **options: Option) -> T | None:
+    """Like ``part``, but None while the option landing in ``unless_empty`` is empty."""
+    built = Part(make, options, unless_empty)
+    declared: T | None = field(default_factory=built.default, metadata={_PART: built})
+    return declared
+
+
+# --- the table ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything ``mixerless serve`` needs, resolved and validated."""
+    """Everything ``mixerless serve`` needs, resolved and validated; each field's option.
 
-    policies: Path = Path("policies")
-    services: frozenset[str] = frozenset(SERVICES)
-    ratelimit_port: int = 8081
-    authz_port: int = 9001
-    xds_port: int = 18000
-    http_port: int = 8080
-    advertise_address: str = "127.0.0.1"
-    workload: WorkloadDefaults = field(default_factory=WorkloadDefaults)
-    jwks_refresh_interval: float = 1200.0
-    redis: RedisSettings | None = None
-    local_cache_size: int = 0
-    ratelimit: RateLimitOptions = field(default_factory=RateLimitOptions)
-    load: LoadOptions = field(default_factory=LoadOptions)
-    server: ServerOptions = field(default_factory=ServerOptions)
-    reload_interval: float = 0.5
-    shutdown_grace: float = 10.0
-    log_level: str = "info"
-    log_format: str = "console"
+    ``setting``, ``part`` and ``optional_part`` return ``dataclasses.field()``s, which
+    ruff's RUF009 cannot see through: hence its ``noqa`` on the fields it flags.
+    """
+
+    policies: Path = setting(  # noqa: RUF009 (a dataclasses.field)
+        "policies", Path, "policies", "policy directory to serve (watched for changes)"
+    )
+    server: ServerOptions = part(  # noqa: RUF009 (a dataclasses.field)
+        ServerOptions,
+        host=Option("host", parse_host, "0.0.0.0", "listen address (IPv6 ok)"),
+        max_message_bytes=Option(
+            "max-message-bytes", parse_positive, "4194304", "largest gRPC message accepted"
+        ),
+    )
+    ratelimit_port: int = setting(
+        "ratelimit-port", parse_port, "8081", "gRPC port of the rate limit service"
+    )
+    authz_port: int = setting(
+        "authz-port", parse_port, "9001", "gRPC port of the authz (ext_authz) service"
+    )
+    xds_port: int = setting("xds-port", parse_port, "18000", "gRPC port of the xds (ADS) service")
+    http_port: int = setting(
+        "http-port", parse_port, "8080", "HTTP port: /healthz /readyz /metrics /debug/config"
+    )
+    advertise_address: str = setting(
+        "advertise-address",
+        str,
+        "127.0.0.1",
+        "address gateway Envoys use to reach this mixerless (xDS, authz, ratelimit)",
+    )
+    services: frozenset[str] = setting(
+        "only", parse_services, ",".join(SERVICES), "comma-separated services to run"
+    )
+    workload: WorkloadDefaults = part(  # noqa: RUF009 (a dataclasses.field)
+        WorkloadDefaults,
+        namespace=Option(
+            "workload-namespace",
+            str,
+            "istio-system",
+            "namespace of the gateway, when a CheckRequest does not say (context extension)",
+        ),
+        labels=Option(
+            "workload-labels",
+            parse_workload_labels,
+            "istio=ingressgateway",
+            "labels of the gateway (k=v,...), when a CheckRequest does not say",
+        ),
+    )
+    jwks_refresh_interval: float = setting(
+        "jwks-refresh-interval", parse_duration, "20m", "how often remote JWKS are fetched again"
+    )
+    redis: RedisSettings | None = optional_part(  # noqa: RUF009 (a dataclasses.field)
+        RedisSettings,
+        "url",
+        url=Option(
+            "redis", parse_redis_url, "", "Redis URL for shared counters (empty: in memory)"
+        ),
+        pool_size=Option("redis-pool-size", parse_positive, "16", "Redis connections per node"),
+        connect_timeout=Option(
+            "redis-connect-timeout", parse_duration, "1s", "timeout to open a Redis connection"
+        ),
+        timeout=Option("redis-timeout", parse_duration, "500ms", "timeout of one Redis round trip"),
+        expiration_jitter=Option(
+            "expiration-jitter", parse_count, "300", "max random seconds added to Redis key TTLs"
+        ),
+    )
+    local_cache_size: int = setting(
+        "local-cache-size", parse_count, "0", "over-limit keys kept in memory (0: off)"
+    )
+    ratelimit: RateLimitOptions = part(  # noqa: RUF009 (a dataclasses.field)
+        RateLimitOptions,
+        cache_key_prefix=Option("cache-key-prefix", str, "", "prefix of every counter key"),
+        near_limit_ratio=Option(
+            "near-limit-ratio", parse_ratio, "0.8", "share of a limit counted as near_limit"
+        ),
+        shadow_mode=Option(
+            "shadow-mode", parse_bool, "false", "answer OK overall, whatever the limits"
+        ),
+        quota_mode=Option("quota-mode", parse_bool, "false", "treat every limit as a quota"),
+        response_headers=Option(
+            "response-headers", parse_bool, "false", "add RateLimit-* headers to responses"
+        ),
+        header_names=Option(
+            "response-header-names",
+            parse_header_names,
+            "RateLimit-Limit,RateLimit-Remaining,RateLimit-Reset",
+            "names of the limit, remaining and reset headers",
+        ),
+        dynamic_metadata=Option(
+            "dynamic-metadata", parse_bool, "false", "return rate limit dynamic metadata"
+        ),
+    )
+    load: LoadOptions = part(  # noqa: RUF009 (a dataclasses.field)
+        LoadOptions,
+        merge_domains=Option(
+            "merge-domains", parse_bool, "false", "merge config files that share a domain"
+        ),
+    )
+    reload_interval: float = setting(
+        "reload-interval", parse_duration, "500ms", "how often to look for policy changes"
+    )
+    shutdown_grace: float = setting(
+        "shutdown-grace", parse_duration, "10s", "time in-flight calls get on SIGTERM"
+    )
+    log_level: str = setting(
+        "log-level", parse_choice("debug", "info", "warning", "error"), "info", "log level"
+    )
+    log_format: str = setting(
+        "log-format", parse_choice("json", "console"), "console", "log line format"
+    )
+
+
+def _options() -> tuple[Option, ...]:
+    rows: list[Option] = []
+    for declared in fields(Settings):
+        if _OPTION in declared.metadata:
+            rows.append(declared.metadata[_OPTION])
+        else:
+            rows.extend(declared.metadata[_PART].options.values())
+    return tuple(rows)
+
+
+OPTIONS: tuple[Option, ...] = _options()
+"""Every option, in ``Settings`` order: what ``--help`` and docs/operations.md list."""
+
+CHECK_OPTIONS = ("merge-domains",)
+GATEWAY_OPTIONS = (
+    "policies",
+    "merge-domains",
+    "advertise-address",
+    "xds-port",
+    "authz-port",
+    "ratelimit-port",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
@@ -236,7 +364,8 @@ def resolve(
     environ: Mapping[str, str] | None = None,
     only: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """Each option's value: flag, else env, else default; parsed, or ``SettingsError``.
+    """Each option's value by ``dest``: flag, else env, else default; parsed, or
+    ``SettingsError`` listing every malformed one.
 
     With ``only``, just those options are resolved (``mixerless check`` needs one).
     """
@@ -271,54 +400,13 @@ def build_load_options(
     return LoadOptions(merge_domains=resolve(args, environ, CHECK_OPTIONS)["merge_domains"])
 
 
-CHECK_OPTIONS = ("merge-domains",)
-GATEWAY_OPTIONS = (
-    "policies",
-    "merge-domains",
-    "advertise-address",
-    "xds-port",
-    "authz-port",
-    "ratelimit-port",
-)
-
-
 def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
-    """The ``Settings`` for ``mixerless serve``."""
-    v = resolve(args, environ)
-    redis = None
-    if v["redis"]:
-        redis = RedisSettings(
-            url=v["redis"],
-            pool_size=v["redis_pool_size"],
-            connect_timeout=v["redis_connect_timeout"],
-            timeout=v["redis_timeout"],
-            expiration_jitter=v["expiration_jitter"],
-        )
-    return Settings(
-        policies=Path(v["policies"]),
-        services=v["only"],
-        ratelimit_port=v["ratelimit_port"],
-        authz_port=v["authz_port"],
-        xds_port=v["xds_port"],
-        http_port=v["http_port"],
-        advertise_address=v["advertise_address"],
-        workload=WorkloadDefaults(v["workload_namespace"], v["workload_labels"]),
-        jwks_refresh_interval=v["jwks_refresh_interval"],
-        redis=redis,
-        local_cache_size=v["local_cache_size"],
-        ratelimit=RateLimitOptions(
-            cache_key_prefix=v["cache_key_prefix"],
-            near_limit_ratio=v["near_limit_ratio"],
-            shadow_mode=v["shadow_mode"],
-            quota_mode=v["quota_mode"],
-            response_headers=v["response_headers"],
-            header_names=v["response_header_names"],
-            dynamic_metadata=v["dynamic_metadata"],
-        ),
-        load=LoadOptions(merge_domains=v["merge_domains"]),
-        server=ServerOptions(host=v["host"], max_message_bytes=v["max_message_bytes"]),
-        reload_interval=v["reload_interval"],
-        shutdown_grace=v["shutdown_grace"],
-        log_level=v["log_level"],
-        log_format=v["log_format"],
-    )
+    """The ``Settings`` for ``mixerless serve``: every field from its option(s)."""
+    values = resolve(args, environ)
+    given: dict[str, Any] = {}
+    for declared in fields(Settings):
+        if _OPTION in declared.metadata:
+            given[declared.name] = values[declared.metadata[_OPTION].dest]
+        else:
+            given[declared.name] = declared.metadata[_PART].build(values)
+    return Settings(**given)

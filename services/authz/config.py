@@ -1,39 +1,30 @@
-"""Everything authz compiled from one policy directory, and per-workload selections.
+"""Everything authz compiled from one policy directory, and the plans of its workloads.
 
-``AuthzConfig.for_workload`` answers "which policies and JWT rules apply to this
-gateway" once per distinct workload (namespace, labels, gateway name) and caches
-the answer for the life of the policy set; the request path then only walks the
-few policies that apply.
+``AuthzConfig.plan`` answers "what does a Check of this gateway need" with one
+lookup: the context extensions that name the workload map to its ``WorkloadPlan``,
+compiled on first use and held by the config. Replacing the config (a reload) drops
+every plan with the set it was compiled from.
 """
 
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
-from services.authz.authorization_policy import Action, AuthorizationPolicy
-from services.authz.jwt.rules import JwtRule
+from services.authz.authorization_policy import AuthorizationPolicy
 from services.authz.mesh_config import MeshSettings
+from services.authz.plan import (
+    PlanKey,
+    WorkloadDefaults,
+    WorkloadPlan,
+    compile_plan,
+    resolve_workload,
+)
 from services.authz.request_authentication import RequestAuthentication
 from services.authz.workloads import Workload
 
-MAX_CACHED_WORKLOADS = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class WorkloadPolicies:
-    """The enforced policies per action, the dry-run ones, and the JWT rules of one workload."""
-
-    custom: tuple[AuthorizationPolicy, ...] = ()
-    audit: tuple[AuthorizationPolicy, ...] = ()
-    deny: tuple[AuthorizationPolicy, ...] = ()
-    allow: tuple[AuthorizationPolicy, ...] = ()
-    dry_run: tuple[AuthorizationPolicy, ...] = ()
-    jwt_rules: tuple[JwtRule, ...] = ()
-    custom_providers: int = 0  # distinct providers named by the enforced CUSTOM policies
+MAX_PLANS = 1024
 
 
 class AuthzConfig:
-    """Compiled authz policies; immutable once built."""
+    """Compiled authz policies; immutable once built, apart from the plans it caches."""
 
     def __init__(
         self,
@@ -44,37 +35,32 @@ class AuthzConfig:
         self.mesh = mesh
         self.policies = tuple(sorted(policies, key=lambda p: p.key))
         self.authentications = tuple(sorted(authentications, key=lambda a: a.meta.key))
-        self._cache: OrderedDict[Workload, WorkloadPolicies] = OrderedDict()
+        self._plans: dict[PlanKey, WorkloadPlan] = {}  # insertion order: oldest first
 
-    def for_workload(self, workload: Workload) -> WorkloadPolicies:
-        cached = self._cache.get(workload)
-        if cached is not None:
-            return cached
-        selected = self._select(workload)
-        self._cache[workload] = selected
-        if len(self._cache) > MAX_CACHED_WORKLOADS:
-            self._cache.popitem(last=False)
-        return selected
+    def plan(self, context: Mapping[str, str], defaults: WorkloadDefaults) -> WorkloadPlan:
+        """The plan of the workload a Check's context extensions name (``defaults`` for
+        what they leave out): the same object for the same workload while this set lives."""
+        get = context.get
+        key = (get("namespace", ""), get("labels"), get("gateway", ""), defaults)
+        found = self._plans.get(key)
+        if found is None:
+            found = self._plan_for(key)
+        return found
 
-    def _select(self, workload: Workload) -> WorkloadPolicies:
-        root = self.mesh.root_namespace
-        applied = [p for p in self.policies if p.attachment.applies_to(workload, root)]
-        enforced = [p for p in applied if not p.dry_run]
-        rules = [
-            rule
-            for authn in self.authentications
-            if authn.attachment.applies_to(workload, root)
-            for rule in authn.rules
-        ]
-        return WorkloadPolicies(
-            custom=tuple(p for p in enforced if p.action is Action.CUSTOM),
-            custom_providers=len({p.provider for p in enforced if p.action is Action.CUSTOM}),
-            audit=tuple(p for p in enforced if p.action is Action.AUDIT),
-            deny=tuple(p for p in enforced if p.action is Action.DENY),
-            allow=tuple(p for p in enforced if p.action is Action.ALLOW),
-            dry_run=tuple(p for p in applied if p.dry_run),
-            jwt_rules=tuple(sorted(rules, key=lambda r: r.issuer)),
-        )
+    def _plan_for(self, key: PlanKey) -> WorkloadPlan:
+        workload = resolve_workload(key)
+        # Context extensions that spell the same workload differently share its plan.
+        found = next((p for p in self._plans.values() if p.workload == workload), None)
+        if found is None:
+            found = self.compile(workload)
+        self._plans[key] = found
+        if len(self._plans) > MAX_PLANS:
+            del self._plans[next(iter(self._plans))]
+        return found
+
+    def compile(self, workload: Workload) -> WorkloadPlan:
+        """A new plan for ``workload`` (not cached: ``plan`` is the request path's lookup)."""
+        return compile_plan(workload, self.policies, self.authentications, self.mesh.root_namespace)
 
 
 def describe_authz(config: AuthzConfig) -> dict[str, object]:

@@ -1,8 +1,10 @@
 """``mixerless explain``: run one described request through the authz service, offline.
 
-The same ``AuthzService`` the server runs decides; only CUSTOM providers are
-replaced by a stand-in that records which provider would have been asked and
-allows (explain never calls out to providers). Remote JWKS are fetched for real.
+The same ``AuthzService`` and stages the server runs decide, and a ``Trace`` of the
+stages is what gets printed: the workload's plan, the normalized path, the decision.
+Only CUSTOM providers are replaced by a stand-in that records which provider would
+have been asked and allows (explain never calls out to providers). Remote JWKS are
+fetched for real.
 """
 
 import argparse
@@ -10,14 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.authz.answer import Denial
 from services.authz.config import AuthzConfig
 from services.authz.jwt.authenticate import JwtAuthenticator
 from services.authz.jwt.keys import KeyResolver, RemoteKeySource
 from services.authz.model import CheckInput, Decision, HttpRequest, Peer
-from services.authz.paths import InvalidPathError, request_path
+from services.authz.pipeline import Trace
+from services.authz.plan import WorkloadDefaults
 from services.authz.providers.client import AuthzProviderClient, ProviderDecision
 from services.authz.providers.config import Provider
-from services.authz.service import AuthzService, WorkloadDefaults
+from services.authz.service import AuthzService
+from services.authz.stages import Normalized
 from services.authz.workloads import parse_labels
 from services.metrics import Metrics
 
@@ -109,28 +114,27 @@ async def explain(config: AuthzConfig, args: argparse.Namespace) -> tuple[Decisi
         Metrics(),
         WorkloadDefaults(args.workload_namespace, args.workload_labels),
     )
+    trace = Trace()
     try:
-        decision = await service.check(check)
+        decision = await service.check(check, trace)
     finally:
         await jwt.aclose()
-    workload = service.workload(check.context)
-    applied = config.for_workload(workload)
+    assert trace.plan is not None  # a loaded config always has a plan
+    plan = trace.plan
+    workload = plan.workload
     labels = ",".join(f"{k}={v}" for k, v in sorted(workload.labels)) or "(none)"
     lines = [
         f"workload: namespace {workload.namespace}, labels {labels}"
         + (f", gateway {workload.gateway}" if workload.gateway else ""),
         "policies that apply:",
-        _policy_list("CUSTOM", applied.custom),
-        _policy_list("AUDIT", applied.audit),
-        _policy_list("DENY", applied.deny),
-        _policy_list("ALLOW", applied.allow),
-        _policy_list("dry-run", applied.dry_run),
-        "  JWT issuers: " + (", ".join(r.issuer for r in applied.jwt_rules) or "none"),
+        _policy_list("CUSTOM", plan.custom),
+        _policy_list("AUDIT", plan.audit),
+        _policy_list("DENY", plan.deny),
+        _policy_list("ALLOW", plan.allow),
+        _policy_list("dry-run", plan.dry_run),
+        "  JWT issuers: " + (", ".join(r.issuer for r in plan.jwt_rules) or "none"),
+        _path_line(trace.normalized),
     ]
-    try:
-        lines.append(f"path: {request_path(check.request.path, config.mesh.path_normalization)}")
-    except InvalidPathError as exc:
-        lines.append(f"path: invalid ({exc})")
     for name in providers.asked:
         lines.append(f"CUSTOM: provider {name} would be asked (explain assumes it allows)")
     verdict = "ALLOW" if decision.allowed else f"DENY {decision.status} {decision.body!r}"
@@ -144,3 +148,13 @@ async def explain(config: AuthzConfig, args: argparse.Namespace) -> tuple[Decisi
     if decision.upstream_headers_to_remove:
         lines.append("headers removed upstream: " + ", ".join(decision.upstream_headers_to_remove))
     return decision, lines
+
+
+def _path_line(normalized: Normalized | Denial | None) -> str:
+    """The path the policies saw, as the normalize stage made it (or why it refused)."""
+    if isinstance(normalized, Normalized):
+        return f"path: {normalized.attributes.path}"
+    if isinstance(normalized, Denial) and normalized.reason.stage == "path":
+        return f"path: invalid ({normalized.reason.detail})"
+    reason = normalized.reason if normalized is not None else "not reached"
+    return f"path: not normalized ({reason})"

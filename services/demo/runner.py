@@ -104,9 +104,10 @@ async def run_demo(settings: Settings, gateway_name: str, admin_port: int = 9901
             rejection = app.state.last_rejection
             detail = "\n".join(rejection.errors) if rejection else "nothing loaded"
             raise DemoError(f"the policies in {settings.policies} did not load:\n{detail}")
-        gateway = next((g for g in current.gateways if g.name == gateway_name), None)
-        if gateway is None:
+        compiled = current.xds.gateway(gateway_name)
+        if compiled is None:
             raise DemoError(f"no Gateway named '{gateway_name}' in {settings.policies}")
+        gateway = compiled.gateway
         await echo.start()
         config = workdir / "envoy.yaml"
         config.write_text(

@@ -1,1 +1,2 @@
-"""Policy directories: parse YAML (keeping line numbers), validate strictly, compile once."""
+"""The policy toolkit: YAML with line numbers, strict fields, errors, durations and the
+``Kind`` protocol every service implements. It imports nothing above it."""

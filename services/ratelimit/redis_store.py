@@ -57,9 +57,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.ratelimit.redis_settings import RedisSettings
 from services.ratelimit.redis_url import RedisTarget, parse_redis_target
 from services.ratelimit.store import CounterStoreError, Hit
-from services.settings import RedisSettings
 
 MAX_IN_FLIGHT = 2
 MAX_BATCH_HITS = 1024
@@ -197,7 +197,7 @@ def _connect(target: RedisTarget, settings: RedisSettings) -> _Backend:
         **target.tls_options,
     }
     if target.mode == "sentinel":
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             list(target.addresses),
             sentinel_kwargs={**socket, "retry": Retry(NoBackoff(), 0)},
         )

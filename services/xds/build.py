@@ -7,21 +7,25 @@ gateways; a RouteConfiguration with every route, its rate limit actions and the
 authz context (namespace, labels, gateway) the authz service selects policies by.
 Per route: a Cluster, with its ClusterLoadAssignment when the backend is given by IP.
 
-Resources are written as Envoy's JSON and parsed into protobuf messages, so a
-field Envoy does not know fails here, at build time, and never reaches an Envoy.
+Two steps, so that validating a policy set builds what it publishes:
+
+* ``compile_gateway_config`` (at policy load) writes the gateway's own resources as
+  Envoy's JSON, parses them into protobuf messages (a field Envoy does not know fails
+  here and never reaches an Envoy) and checks that every reference resolves;
+* ``snapshot`` (at publish) adds the two clusters that point at mixerless itself,
+  whose addresses are a serving setting, not policy.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
 
 from services import envoy_api as api
-from services.authz.mesh_config import MeshSettings
-from services.authz.paths import PathNormalization
 from services.xds.gateway import Endpoint, Gateway, Route, RouteMatch
 from services.xds.ratelimit_policy import RateLimitPolicy, route_actions
+from services.xds.re2 import check_re2, quote_meta
 from services.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -50,6 +54,45 @@ class Services:
 
     authz: Endpoint
     ratelimit: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBody:
+    """``with_request_body`` of the ext_authz filter."""
+
+    max_request_bytes: int
+    allow_partial_message: bool
+    pack_as_bytes: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """How a gateway's HTTP connection manager and ext_authz filter treat requests.
+
+    Istio derives these from meshConfig (path normalization, trusted proxies, the
+    request body extension providers want); the catalog does the same for us.
+    """
+
+    normalize_path: bool = True
+    merge_slashes: bool = False
+    unescape_slashes: bool = False
+    xff_num_trusted_hops: int = 0
+    request_body: RequestBody | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """One gateway, validated and compiled: its own Envoy resources, as JSON and parsed."""
+
+    gateway: Gateway
+    policies: tuple[RateLimitPolicy, ...]
+    settings: ListenerSettings
+    resources: Mapping[str, Mapping[str, dict[str, Any]]]  # type URL -> name -> Envoy JSON
+    messages: Mapping[str, Mapping[str, Any]]  # type URL -> name -> protobuf message
+
+    @property
+    def name(self) -> str:
+        return self.gateway.name
 
 
 def _seconds(value: float) -> str:
@@ -128,7 +171,7 @@ def _route_match(match: RouteMatch) -> dict[str, Any]:
         found["prefix"] = match.prefix or "/"
     headers = [_header_matcher(h.name, h.kind, h.value, h.invert) for h in match.headers]
     if match.methods:
-        regex = "^(?:" + "|".join(match.methods) + ")$"
+        regex = "^(?:" + "|".join(quote_meta(m) for m in match.methods) + ")$"
         headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": regex}}})
     if headers:
         found["headers"] = headers
@@ -170,26 +213,20 @@ def _route(gateway: Gateway, route: Route, policies: Sequence[RateLimitPolicy]) 
     }
 
 
-def _request_body(mesh: MeshSettings) -> dict[str, Any]:
-    """``with_request_body`` when an extension provider wants the body: the largest
-    ``maxRequestBytes``, partial only if every such provider allows it."""
-    wanted = [
-        p.include_request_body_in_check
-        for p in mesh.providers.values()
-        if p.include_request_body_in_check is not None
-    ]
-    if not wanted:
+def _request_body(settings: ListenerSettings) -> dict[str, Any]:
+    body = settings.request_body
+    if body is None:
         return {}
     return {
         "with_request_body": {
-            "max_request_bytes": max(body.max_request_bytes for body in wanted),
-            "allow_partial_message": all(body.allow_partial_message for body in wanted),
-            "pack_as_bytes": any(body.pack_as_bytes for body in wanted),
+            "max_request_bytes": body.max_request_bytes,
+            "allow_partial_message": body.allow_partial_message,
+            "pack_as_bytes": body.pack_as_bytes,
         }
     }
 
 
-def _filters(gateway: Gateway, mesh: MeshSettings) -> list[dict[str, Any]]:
+def _filters(gateway: Gateway, settings: ListenerSettings) -> list[dict[str, Any]]:
     authz, ratelimit = gateway.authz, gateway.rate_limit
     return [
         {
@@ -205,7 +242,7 @@ def _filters(gateway: Gateway, mesh: MeshSettings) -> list[dict[str, Any]]:
                 "include_peer_certificate": True,
                 "include_tls_session": True,  # connection.sni conditions
                 "encode_raw_headers": True,  # repeated headers arrive value by value
-                **_request_body(mesh),
+                **_request_body(settings),
             },
         },
         {
@@ -226,21 +263,19 @@ def _filters(gateway: Gateway, mesh: MeshSettings) -> list[dict[str, Any]]:
     ]
 
 
-def _listener(gateway: Gateway, listener: Any, mesh: MeshSettings) -> dict[str, Any]:
-    mode = mesh.path_normalization
+def _listener(gateway: Gateway, listener: Any, settings: ListenerSettings) -> dict[str, Any]:
     hcm: dict[str, Any] = {
         "@type": HCM,
         "stat_prefix": f"{gateway.name}_{listener.name}",
         "rds": {"route_config_name": f"{gateway.name}/{listener.name}", "config_source": _ADS},
         # As Istio configures a gateway: the client address from XFF past trusted proxies.
         "use_remote_address": True,
-        "xff_num_trusted_hops": mesh.num_trusted_proxies,
-        "normalize_path": mode is not PathNormalization.NONE,
-        "merge_slashes": mode
-        in (PathNormalization.MERGE_SLASHES, PathNormalization.DECODE_AND_MERGE_SLASHES),
-        "http_filters": _filters(gateway, mesh),
+        "xff_num_trusted_hops": settings.xff_num_trusted_hops,
+        "normalize_path": settings.normalize_path,
+        "merge_slashes": settings.merge_slashes,
+        "http_filters": _filters(gateway, settings),
     }
-    if mode is PathNormalization.DECODE_AND_MERGE_SLASHES:
+    if settings.unescape_slashes:
         hcm["path_with_escaped_slashes_action"] = "UNESCAPE_AND_FORWARD"
     chain: dict[str, Any] = {
         "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
@@ -267,13 +302,10 @@ def _listener(gateway: Gateway, listener: Any, mesh: MeshSettings) -> dict[str, 
     }
 
 
-def gateway_resources(
-    gateway: Gateway,
-    policies: Sequence[RateLimitPolicy],
-    mesh: MeshSettings,
-    services: Services,
+def _own_resources(
+    gateway: Gateway, policies: Sequence[RateLimitPolicy], settings: ListenerSettings
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every resource of ``gateway`` as Envoy JSON, by type URL and name."""
+    """The gateway's resources as Envoy JSON, but for the clusters of mixerless itself."""
     clusters: dict[str, dict[str, Any]] = {}
     assignments: dict[str, dict[str, Any]] = {}
     for route in gateway.routes:
@@ -281,18 +313,11 @@ def gateway_resources(
         clusters[name], assignment = _cluster(name, route.endpoints, http2=route.http2)
         if assignment is not None:
             assignments[name] = assignment
-    for name, endpoint in (
-        (AUTHZ_CLUSTER, gateway.authz.address or services.authz),
-        (RATELIMIT_CLUSTER, gateway.rate_limit.address or services.ratelimit),
-    ):
-        clusters[name], assignment = _cluster(name, [endpoint], http2=True)
-        if assignment is not None:
-            assignments[name] = assignment
     listeners = {}
     routes = {}
     route_entries = [_route(gateway, route, policies) for route in gateway.routes]
     for listener in gateway.listeners:
-        built = _listener(gateway, listener, mesh)
+        built = _listener(gateway, listener, settings)
         listeners[built["name"]] = built
         routes[built["name"]] = {
             "name": built["name"],
@@ -303,6 +328,22 @@ def gateway_resources(
     return {CLUSTER: clusters, ENDPOINT: assignments, LISTENER: listeners, ROUTE: routes}
 
 
+def _mixerless_resources(
+    gateway: Gateway, services: Services
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The clusters through which the gateway reaches mixerless's authz and ratelimit."""
+    clusters: dict[str, dict[str, Any]] = {}
+    assignments: dict[str, dict[str, Any]] = {}
+    for name, endpoint in (
+        (AUTHZ_CLUSTER, gateway.authz.address or services.authz),
+        (RATELIMIT_CLUSTER, gateway.rate_limit.address or services.ratelimit),
+    ):
+        clusters[name], assignment = _cluster(name, [endpoint], http2=True)
+        if assignment is not None:
+            assignments[name] = assignment
+    return {CLUSTER: clusters, ENDPOINT: assignments}
+
+
 _MESSAGES: Mapping[str, Any] = {
     CLUSTER: api.Cluster,
     ENDPOINT: api.ClusterLoadAssignment,
@@ -311,17 +352,10 @@ _MESSAGES: Mapping[str, Any] = {
 }
 
 
-def build_snapshot(
-    gateway: Gateway,
-    policies: Sequence[RateLimitPolicy],
-    mesh: MeshSettings,
-    services: Services,
-) -> Snapshot:
-    """The gateway's snapshot: resources parsed into protobuf, checked for consistency.
-
-    Raises ``ValueError`` (or ``InconsistentSnapshotError``) naming what is wrong.
-    """
-    resources = gateway_resources(gateway, policies, mesh, services)
+def _parse(
+    resources: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> dict[str, dict[str, Any]]:
+    """Envoy JSON -> protobuf messages; ``ValueError`` names the resource that fails."""
     messages: dict[str, dict[str, Any]] = {}
     for type_url, named in resources.items():
         messages[type_url] = {}
@@ -330,7 +364,37 @@ def build_snapshot(
                 messages[type_url][name] = json_format.ParseDict(body, _MESSAGES[type_url]())
             except json_format.ParseError as exc:
                 raise ValueError(f"{type_url.rsplit('.', 1)[-1]} {name}: {exc}") from exc
-    snapshot = Snapshot.build(messages)
+    return messages
+
+
+def _regexes(value: Any) -> Iterator[str]:
+    """Every ``safe_regex`` in Envoy JSON."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (
+                key == "safe_regex"
+                and isinstance(item, dict)
+                and isinstance(item.get("regex"), str)
+            ):
+                yield item["regex"]
+            else:
+                yield from _regexes(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _regexes(item)
+
+
+def compile_gateway_config(
+    gateway: Gateway, policies: Sequence[RateLimitPolicy], settings: ListenerSettings
+) -> GatewayConfig:
+    """Build, parse and cross-check the gateway's own resources, once, at policy load.
+
+    Raises ``ValueError`` (or ``InconsistentSnapshotError``) naming what is wrong.
+    """
+    resources = _own_resources(gateway, policies, settings)
+    for regex in _regexes(resources):
+        check_re2(regex)  # written by hand (rateLimits) or generated: Envoy compiles them all
+    messages = _parse(resources)
     eds = {name for name, body in resources[CLUSTER].items() if body.get("type") == "EDS"}
     referenced = {
         ENDPOINT: frozenset(eds),
@@ -340,8 +404,30 @@ def build_snapshot(
             for config in resources[ROUTE].values()
             for host in config["virtual_hosts"]
             for route in host["routes"]
-        )
-        | {AUTHZ_CLUSTER, RATELIMIT_CLUSTER},
+        ),
     }
-    check_consistent(snapshot, referenced)
-    return snapshot
+    check_consistent(Snapshot.unversioned(messages), referenced)
+    return GatewayConfig(gateway, tuple(policies), settings, resources, messages)
+
+
+def gateway_resources(
+    config: GatewayConfig, services: Services
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every resource of the gateway as Envoy JSON, by type URL and name (for ``render``)."""
+    own = config.resources
+    theirs = _mixerless_resources(config.gateway, services)
+    return {
+        type_url: {**own[type_url], **theirs.get(type_url, {})}
+        for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+    }
+
+
+def snapshot(config: GatewayConfig, services: Services) -> Snapshot:
+    """What the gateway's Envoys are sent: its compiled resources plus mixerless's clusters."""
+    theirs = _parse(_mixerless_resources(config.gateway, services))
+    return Snapshot.build(
+        {
+            type_url: {**config.messages[type_url], **theirs.get(type_url, {})}
+            for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+        }
+    )

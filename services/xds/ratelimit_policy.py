@@ -22,18 +22,20 @@ One policy becomes both halves of Envoy rate limiting, so they cannot disagree:
   envoyproxy/ratelimit config format the rate limit service already reads.
 """
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from services.policy.errors import ErrorSink
 from services.policy.k8s import ObjectMeta, read_spec
-from services.ratelimit.model import Unit
+from services.xds.re2 import quote_meta, re2_error
 
 KIND = "RateLimitPolicy"
 AUTHZ_METADATA = "envoy.filters.http.ext_authz"
 ANONYMOUS = "anonymous"  # what an unauthenticated request is counted as
 COUNT_BY = ("subject", "claim", "clientAddress", "header")
+# envoyproxy/ratelimit's window units; the rate limit service parses the derived
+# descriptors again, so a unit it did not know would still be caught there.
+UNITS = ("second", "minute", "hour", "day", "week", "month", "year")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,7 @@ class RateLimitPolicy:
     methods: tuple[str, ...]
     headers: tuple[tuple[str, str], ...]  # (name, exact value or "*" for presence)
     requests: int
-    unit: Unit
+    unit: str  # one of UNITS
     count_by: str  # one of COUNT_BY, or "" for one global counter
     count_value: str  # the claim or header name
     shadow_mode: bool
@@ -78,12 +80,16 @@ def _path_regex(patterns: tuple[str, ...]) -> str:
         if pattern == "*":
             parts.append("/[^?]*")
         elif pattern.endswith("*"):
-            parts.append(re.escape(pattern[:-1]) + "[^?]*")
+            parts.append(quote_meta(pattern[:-1]) + "[^?]*")
         elif pattern.startswith("*"):
-            parts.append("[^?]*" + re.escape(pattern[1:]))
+            parts.append("[^?]*" + quote_meta(pattern[1:]))
         else:
-            parts.append(re.escape(pattern))
+            parts.append(quote_meta(pattern))
     return "^(?:" + "|".join(parts) + r")(?:\?.*)?$"
+
+
+def _method_regex(methods: tuple[str, ...]) -> str:
+    return "^(?:" + "|".join(quote_meta(m) for m in methods) + ")$"
 
 
 def route_actions(policy: RateLimitPolicy) -> dict[str, Any]:
@@ -97,7 +103,7 @@ def route_actions(policy: RateLimitPolicy) -> dict[str, Any]:
             regex = _path_regex(policy.paths)
             headers.append({"name": ":path", "string_match": {"safe_regex": {"regex": regex}}})
         if policy.methods:
-            regex = "^(?:" + "|".join(re.escape(m) for m in policy.methods) + ")$"
+            regex = _method_regex(policy.methods)
             headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": regex}}})
         for name, value in policy.headers:
             if value == "*":
@@ -141,7 +147,7 @@ def route_actions(policy: RateLimitPolicy) -> dict[str, Any]:
 def descriptor_config(policy: RateLimitPolicy) -> dict[str, Any]:
     """The envoyproxy/ratelimit descriptor that counts what ``route_actions`` sends."""
     limit: dict[str, Any] = {
-        "rate_limit": {"unit": policy.unit.label, "requests_per_unit": policy.requests}
+        "rate_limit": {"unit": policy.unit, "requests_per_unit": policy.requests}
     }
     if policy.shadow_mode:
         limit["shadow_mode"] = True
@@ -194,6 +200,8 @@ def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimi
         for path in paths:
             if not path.startswith(("/", "*")):
                 match.error("paths", f"'{path}' must start with / (or be *, *suffix)")
+        if paths and (problem := re2_error(_path_regex(paths))) is not None:
+            match.error("paths", f"the paths make a :path regex Envoy refuses: {problem}")
         methods = match.strings("methods")
         for method in methods:
             if not method.isupper():
@@ -202,16 +210,16 @@ def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimi
             name = header.text("name", required=True).lower()
             headers.append((name, header.text("value") or "*"))
     limit = spec.child("limit", what="limit", allowed={"requests", "unit"})
-    requests, unit = 0, Unit.MINUTE
+    requests, unit = 0, "minute"
     if limit is None:
         spec.missing("limit", "a RateLimitPolicy needs limit: {requests: N, unit: minute}")
     else:
         requests = limit.integer("requests", required=True, minimum=0, maximum=4_294_967_295)
         unit_text = limit.text("unit", required=True)
-        parsed = Unit.parse(unit_text) if unit_text else None
-        if unit_text and parsed is None:
+        if unit_text and unit_text.lower() not in UNITS:
             limit.error("unit", f"unknown unit '{unit_text}' (second, minute, hour, day, ...)")
-        unit = parsed or unit
+        elif unit_text:
+            unit = unit_text.lower()
     count_by, count_value = "", ""
     count = spec.child("countBy", what="countBy", allowed=set(COUNT_BY))
     if count is not None:

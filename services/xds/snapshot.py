@@ -69,6 +69,11 @@ class Snapshot:
             versions[type_url] = digest.hexdigest()[:16]
         return cls(full, per_resource, versions)
 
+    @classmethod
+    def unversioned(cls, resources: Mapping[str, Mapping[str, Any]]) -> "Snapshot":
+        """Resources without versions: enough for ``check_consistent``, never published."""
+        return cls({type_url: dict(resources.get(type_url, {})) for type_url in ORDER})
+
     def names(self, type_url: str) -> frozenset[str]:
         return frozenset(self.resources.get(type_url, {}))
 

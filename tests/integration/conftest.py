@@ -11,8 +11,8 @@ from random import Random
 
 import pytest
 
+from services.ratelimit.redis_settings import RedisSettings
 from services.ratelimit.redis_store import RedisCounterStore
-from services.settings import RedisSettings
 from tests.redis_servers import (
     RedisCluster,
     RedisServer,

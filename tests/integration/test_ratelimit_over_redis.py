@@ -10,8 +10,9 @@ import pytest
 
 from services import envoy_api as api
 from services.grpc_server import ServerOptions
+from services.ratelimit.redis_settings import RedisSettings
 from services.serve import Application
-from services.settings import RedisSettings, Settings
+from services.settings import Settings
 from tests.ratelimit_calls import POLICY, make_request, write_policy
 from tests.redis_servers import RedisCluster, RedisServer
 

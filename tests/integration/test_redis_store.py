@@ -6,9 +6,9 @@ from random import Random
 
 import pytest
 
+from services.ratelimit.redis_settings import RedisSettings
 from services.ratelimit.redis_store import RedisCounterStore
 from services.ratelimit.store import CounterStoreError, Hit
-from services.settings import RedisSettings
 from tests.integration.conftest import StoreFactory
 from tests.redis_servers import RedisServer, SentinelServer, start_redis
 

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from services.catalog.files import is_policy_file
+from services.catalog.loader import LoadOptions, load_directory
+from services.catalog.state import PolicyState
+from services.catalog.watcher import PolicyWatcher
 from services.clock import ManualClock
 from services.metrics import Metrics
 from services.policy.errors import PolicyLoadError
-from services.policy.loader import LoadOptions, is_policy_file, load_directory
-from services.policy.state import PolicyState
-from services.policy.watcher import PolicyWatcher
 from services.policy.yamltext import LineMap, YamlSyntaxError, parse_documents
 
 GOOD = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n"

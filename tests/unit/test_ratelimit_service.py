@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from services.catalog.loader import LoadOptions, load_directory
 from services.clock import ManualClock
 from services.metrics import Metrics
-from services.policy.loader import LoadOptions, load_directory
 from services.ratelimit.local_cache import OverLimitCache
 from services.ratelimit.memory_store import InMemoryCounterStore
 from services.ratelimit.model import (

@@ -1,10 +1,23 @@
 """Settings: flags win over MIXERLESS_* variables, which win over defaults; bad values fail."""
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from services.settings import SettingsError, add_arguments, build_settings
+from services.authz.plan import WorkloadDefaults
+from services.catalog.loader import LoadOptions
+from services.grpc_server import ServerOptions
+from services.ratelimit.service import RateLimitOptions
+from services.settings import (
+    GATEWAY_OPTIONS,
+    OPTIONS,
+    Settings,
+    SettingsError,
+    add_arguments,
+    build_settings,
+    resolve,
+)
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -72,3 +85,61 @@ class TestErrors:
             build_settings(parse(), env)
         assert "MIXERLESS_HTTP_PORT" in str(info.value)
         assert "MIXERLESS_LOG_LEVEL" in str(info.value)
+
+
+class TestTable:
+    def test_settings_defaults_are_the_tables(self) -> None:
+        """``Settings()`` (as tests build it) equals what serve resolves with nothing given."""
+        assert Settings() == build_settings(parse(), environ={})
+
+    def test_parts_agree_with_their_owners_defaults(self) -> None:
+        """Each part's table defaults match the defaults its owning module declares."""
+        settings = Settings()
+        assert settings.ratelimit == RateLimitOptions()
+        assert settings.server == ServerOptions()
+        assert settings.workload == WorkloadDefaults()
+        assert settings.load == LoadOptions()
+
+    def test_option_lands_in_its_part(self) -> None:
+        """An option of a part fills that part's field; the Redis part exists only with a URL."""
+        env = {"MIXERLESS_HOST": "[::1]", "MIXERLESS_EXPIRATION_JITTER": "7"}
+        settings = build_settings(parse("--redis", "redis://h:6379"), env)
+        assert settings.server.host == "::1"
+        assert settings.redis is not None and settings.redis.expiration_jitter == 7
+        assert build_settings(parse(), env).redis is None
+
+    def test_only_resolves_the_named_options(self) -> None:
+        """``resolve(only=...)`` reads just the subcommand's options, by dest."""
+        values = resolve(parse("--xds-port", "1"), {}, GATEWAY_OPTIONS)
+        assert set(values) == {flag.replace("-", "_") for flag in GATEWAY_OPTIONS}
+        assert values["xds_port"] == 1
+
+    def test_help_lists_every_option_with_variable_and_default(self) -> None:
+        """``--help`` names each flag, its MIXERLESS_* variable and its default text."""
+        parser = argparse.ArgumentParser(  # one line per option: no wrapping at hyphens
+            formatter_class=lambda prog: argparse.HelpFormatter(prog, width=500)
+        )
+        add_arguments(parser)
+        text = parser.format_help()
+        for option in OPTIONS:
+            assert f"--{option.flag}" in text
+            assert f"env {option.env}, default {option.default!r}" in text
+
+    def test_operations_doc_lists_the_table(self) -> None:
+        """docs/operations.md's settings table has every flag, variable and default, in order."""
+        doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+        section = doc.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+        rows = [
+            [cell.strip() for cell in line.strip("|").split("|")[:3]]
+            for line in section.splitlines()
+            if line.startswith("| `--")
+        ]
+        expected = [
+            [
+                f"`--{o.flag}` / `--no-{o.flag}`" if o.boolean else f"`--{o.flag}`",
+                f"`{o.env}`",
+                f"`{o.default}`" if o.default else "(empty)",
+            ]
+            for o in OPTIONS
+        ]
+        assert rows == expected

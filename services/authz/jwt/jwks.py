@@ -1,7 +1,17 @@
 """JSON Web Keys: a JWK Set, a PEM public key, or a ``{kid: X.509 PEM}`` map, parsed as
 jwt_verify_lib's ``src/jwks.cc`` does; keys that do not parse are skipped and counted.
+
+PyJWT's ``from_jwk`` (``jwt.algorithms``) builds the key objects, but only after this
+module has decided, with jwt_verify_lib's rules and status strings, that the JWK is
+acceptable: field presence and types, ``kty``/``alg``/``crv`` pairing, strict
+base64url, RSA ``e`` of 3 or 65537, the Ed25519 ``x`` length. What reaches PyJWT is a
+canonical public JWK (``n``/``e``, fixed-length EC coordinates, no private members),
+so its own differences (lenient base64, exact EC coordinate lengths, private keys,
+Ed448) never decide. PEM and X.509 inputs go to ``cryptography`` directly: PyJWT's
+``prepare_key`` would also take private keys and SSH keys, which jwt_verify_lib refuses.
 """
 
+import base64
 import binascii
 import json
 from collections.abc import Callable
@@ -12,6 +22,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from cryptography.x509 import load_pem_x509_certificate
+from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.exceptions import InvalidKeyError
 
 from services.authz.jwt.status import (
     _X509_PREFIX,
@@ -141,6 +153,11 @@ def _b64_int(text: str) -> int | None:
         return None
 
 
+def _b64_uint(value: int, size: int) -> str:
+    """``value`` as ``size`` big-endian bytes in base64url; OverflowError if too large."""
+    return base64.urlsafe_b64encode(value.to_bytes(size, "big")).rstrip(b"=").decode("ascii")
+
+
 def _rsa_jwk(jwk: dict[str, Any], kid: str, alg: str) -> Jwk:
     if alg and not alg.startswith(("RS", "PS")):
         raise _KeyError(JWKS_RSA_KEY_BAD_ALG)
@@ -150,9 +167,10 @@ def _rsa_jwk(jwk: dict[str, Any], kid: str, alg: str) -> Jwk:
     if n is None or e is None or e not in (3, 65537):
         raise _KeyError(JWKS_RSA_PARSE_ERROR)
     try:
-        key = rsa.RSAPublicNumbers(e, n).public_key()
-    except ValueError:
+        key = RSAAlgorithm.from_jwk({"kty": "RSA", "n": n_text, "e": e_text})
+    except (ValueError, InvalidKeyError):
         raise _KeyError(JWKS_RSA_PARSE_ERROR) from None
+    assert isinstance(key, rsa.RSAPublicKey)  # no "d" was passed
     return Jwk("RSA", key, kid, alg)
 
 
@@ -176,10 +194,15 @@ def _ec_jwk(jwk: dict[str, Any], kid: str, alg: str) -> Jwk:
     x, y = _b64_int(x_text), _b64_int(y_text)
     if x is None or y is None:
         raise _KeyError(JWKS_EC_X_OR_Y_BAD_BASE64)
+    # BoringSSL takes the coordinates as numbers of any length; PyJWT wants exactly the
+    # curve's size, so they are handed over re-encoded (too large a number is no point).
+    size = (curve.key_size + 7) // 8
     try:
-        key = ec.EllipticCurvePublicNumbers(x, y, curve).public_key()
-    except ValueError:
+        canonical = {"kty": "EC", "crv": crv, "x": _b64_uint(x, size), "y": _b64_uint(y, size)}
+        key = ECAlgorithm.from_jwk(canonical)
+    except (OverflowError, ValueError, InvalidKeyError):
         raise _KeyError(JWKS_EC_PARSE_ERROR) from None
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # no "d" was passed
     return Jwk("EC", key, kid, alg, crv)
 
 
@@ -193,7 +216,7 @@ def _oct_jwk(jwk: dict[str, Any], kid: str, alg: str) -> Jwk:
         secret = b""
     if not secret:
         raise _KeyError(JWKS_OCT_BAD_BASE64)
-    return Jwk("oct", secret, kid, alg)
+    return Jwk("oct", HMACAlgorithm.from_jwk({"kty": "oct", "k": k_text}), kid, alg)
 
 
 def _okp_jwk(jwk: dict[str, Any], kid: str, alg: str) -> Jwk:
@@ -209,7 +232,12 @@ def _okp_jwk(jwk: dict[str, Any], kid: str, alg: str) -> Jwk:
         raise _KeyError(JWKS_OKP_X_BAD_BASE64) from None
     if len(raw) != 32:
         raise _KeyError(JWKS_OKP_X_WRONG_LENGTH)
-    return Jwk("OKP", ed25519.Ed25519PublicKey.from_public_bytes(raw), kid, alg, crv)
+    try:
+        key = OKPAlgorithm.from_jwk({"kty": "OKP", "crv": crv, "x": x_text})
+    except InvalidKeyError:
+        raise _KeyError(JWKS_OKP_X_BAD_BASE64) from None
+    assert isinstance(key, ed25519.Ed25519PublicKey)  # crv is Ed25519 and no "d" was passed
+    return Jwk("OKP", key, kid, alg, crv)
 
 
 _JWK_PARSERS: dict[str, Callable[[dict[str, Any], str, str], Jwk]] = {

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
+from cachetools import LRUCache
 
 from services.authz.jwt.jwks import JwkSet, parse_jwks
 from services.authz.jwt.rules import JwtRule
@@ -67,8 +68,8 @@ class StaticKeySource:
     """Keys from the rule's inline ``jwks`` (JWK Set JSON or PEM), parsed once per text."""
 
     def __init__(self, max_entries: int = 1024) -> None:
-        self._parsed: dict[str, JwkSet] = {}
-        self._max_entries = max_entries
+        # Bounded LRU: the texts in use stay parsed however many others come and go.
+        self._parsed: LRUCache[str, JwkSet] = LRUCache(maxsize=max_entries)
 
     def parsed(self, rule: JwtRule) -> JwkSet:
         """The key set, synchronously; raises ``JwksUnavailableError`` when unusable."""
@@ -77,10 +78,7 @@ class StaticKeySource:
             raise JwksUnavailableError(f"{rule.source or rule.issuer}: no inline jwks")
         found = self._parsed.get(text)
         if found is None:
-            found = parse_jwks(text)
-            if len(self._parsed) >= self._max_entries:
-                self._parsed.clear()
-            self._parsed[text] = found
+            found = self._parsed[text] = parse_jwks(text)
         if not found.keys:
             reason = "; ".join(found.errors) or JWKS_NO_VALID_KEYS
             raise JwksUnavailableError(f"inline jwks: {reason}", JWKS_NO_VALID_KEYS)

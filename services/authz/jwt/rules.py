@@ -1,11 +1,13 @@
 """The compiled form of one RequestAuthentication ``jwtRule``.
 
 The policy loader builds these from YAML; everything in this package only reads them.
-A rule is immutable and hashable, and the authenticator relies on the same rule
-objects being passed on every request (they are cached per workload upstream).
+A rule is immutable, compared and hashed by value (every configured field, ``source``
+included), and carries what is derived from it once: its sanitized audiences.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from services.authz.jwt.verify import audience_checker
 
 DEFAULT_HEADER = ("authorization", "Bearer ")
 """Envoy's default token location when a rule names none: ``Authorization: Bearer <token>``."""
@@ -31,6 +33,11 @@ class JwtRule:
     timeout: float = 5.0  # JWKS fetch timeout, seconds
     space_delimited_claims: tuple[str, ...] = ()  # in addition to "scope" and "permission"
     source: str = ""  # "namespace/name#jwtRules[0]", for logs only
+    allowed_audiences: frozenset[str] = field(init=False, repr=False, compare=False)
+    """``audiences`` sanitized as ``check_audience.cc`` does; empty allows any."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_audiences", audience_checker(self.audiences))
 
     @property
     def default_locations(self) -> bool:

@@ -33,7 +33,7 @@ Behaviour mirrored from Envoy ``source/extensions/filters/http/jwt_authn/extract
 """
 
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 from urllib.parse import unquote
 
@@ -60,17 +60,26 @@ class TokenLocation:
         return f"{self.kind} {self.name}"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class TokenSource:
     """A location and the rules that named it; only those rules' issuers may sign a token
     found there.
 
-    Compared and hashed by identity: each extractor owns one source per location, so
-    ``(token, source)`` is a cheap, exact cache key.
+    Compared by value and hashed once, when the plan is compiled: ``(token, source)``
+    is the verified-token cache key, so a token accepted here is reused by any plan
+    (another workload, a reloaded policy set) whose location has rules *equal in
+    value*, and never by one whose rules differ in any field.
     """
 
     location: TokenLocation
     rules: tuple[JwtRule, ...]
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.location, self.rules)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)

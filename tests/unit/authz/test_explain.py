@@ -79,3 +79,12 @@ class TestExplain:
         (tmp_path / "p.yaml").write_text("apiVersion: security.istio.io/v1\nkind: Nope\n")
         assert main(["explain", str(tmp_path)]) == 2
         assert "unsupported document kind 'Nope'" in capsys.readouterr().out
+
+    def test_invalid_path_is_shown_as_the_normalize_stage_refused_it(
+        self, policies: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A path Envoy refuses is reported with the stage's reason and the 400; exit 1."""
+        assert main(["explain", str(policies), "--path", "no-slash"]) == 1
+        out = capsys.readouterr().out
+        assert "path: invalid (path must start with '/')" in out
+        assert "decision: DENY 400 'Bad Request'" in out

@@ -7,14 +7,12 @@ from typing import Any
 
 import pytest
 
-from services.authz.jwt.authenticate import (
-    JwtAuthenticator,
-    JwtResult,
-    claim_header_value,
-    www_authenticate,
-)
+from services.authz.jwt.authenticate import JwtAuthenticator
 from services.authz.jwt.jwks import JwkSet, parse_jwks
 from services.authz.jwt.keys import JwksUnavailableError, KeyResolver, RemoteKeySource
+from services.authz.jwt.outputs import claim_header_value
+from services.authz.jwt.plan import compile_jwt_plan
+from services.authz.jwt.result import JwtResult, www_authenticate
 from services.authz.jwt.rules import JwtRule
 from services.authz.model import HttpRequest
 from services.clock import ManualClock
@@ -77,7 +75,8 @@ def plain(path: str = "/api", **headers: str) -> HttpRequest:
 
 
 async def run(authn: JwtAuthenticator, rules: list[JwtRule], req: HttpRequest) -> JwtResult:
-    return await authn.authenticate(tuple(rules), req)
+    """The JWT step for ``req`` under a plan compiled from ``rules`` for this call."""
+    return await authn.authenticate(compile_jwt_plan(rules), req)
 
 
 class TestResult:
@@ -395,14 +394,6 @@ class TestCache:
         assert alone.headers_to_remove == again.headers_to_remove == ("authorization",)
         assert together.headers_to_remove == ("x-other", "authorization")
 
-    async def test_mutated_rule_list_is_not_trusted(self, authn: JwtAuthenticator) -> None:
-        """A list changed in place between calls is planned again, not reused."""
-        rules = [RULE]
-        jwt = token(claims(iss=OTHER))
-        assert (await authn.authenticate(rules, bearer(jwt))).status == "invalid"
-        rules.append(JwtRule(issuer=OTHER, jwks=RULE.jwks))
-        assert (await authn.authenticate(rules, bearer(jwt))).status == "ok"
-
     async def test_cache_is_bounded(self, keys: CountingKeys, clock: ManualClock) -> None:
         """The least recently used entries are evicted."""
         authn = JwtAuthenticator(keys, clock, cache_size=2)
@@ -472,3 +463,106 @@ class TestRemoteEndToEnd:
         result = await run(authn, [rule], bearer(token(claims())))
         assert (result.http_status, result.body) == (401, "Jwks remote fetch is failed")
         await authn.aclose()
+
+
+class TestPlan:
+    async def test_plan_is_compiled_once_and_reused(
+        self, authn: JwtAuthenticator, keys: CountingKeys
+    ) -> None:
+        """One plan serves every request: the same token under it gets the very same answer."""
+        plan = compile_jwt_plan([RULE])
+        jwt = token(claims())
+        first = await authn.authenticate(plan, bearer(jwt))
+        second = await authn.authenticate(plan, bearer(jwt))
+        assert first.status == "ok" and second is first and keys.calls == 1
+
+    async def test_empty_plan_answers_no_rules(self, authn: JwtAuthenticator) -> None:
+        """A plan without rules is empty and leaves the request alone."""
+        plan = compile_jwt_plan([])
+        assert plan.empty and not compile_jwt_plan([RULE]).empty
+        assert await authn.authenticate(plan, bearer("garbage")) == JwtResult(status="none")
+
+    async def test_plans_of_equal_rules_share_verified_tokens(
+        self, authn: JwtAuthenticator, keys: CountingKeys
+    ) -> None:
+        """Plans compiled separately from rules equal in value reuse one verification."""
+        jwt = token(claims())
+        one = await authn.authenticate(compile_jwt_plan([RULE]), bearer(jwt))
+        copy = JwtRule(issuer=RULE.issuer, jwks=RULE.jwks, source=RULE.source)
+        two = await authn.authenticate(compile_jwt_plan([copy]), bearer(jwt))
+        assert one == two and keys.calls == 1 and authn.cached_tokens == 1
+
+
+class TestReload:
+    async def test_narrowed_audience_refuses_a_cached_token(self, authn: JwtAuthenticator) -> None:
+        """A reload that changes a rule's audiences does not accept a token the old rule cached."""
+        old = compile_jwt_plan([JwtRule(issuer=ISSUER, jwks=RULE.jwks, audiences=("a",))])
+        new = compile_jwt_plan([JwtRule(issuer=ISSUER, jwks=RULE.jwks, audiences=("b",))])
+        jwt = token(claims(aud="a"))
+        assert (await authn.authenticate(old, bearer(jwt))).status == "ok"
+        refused = await authn.authenticate(new, bearer(jwt))
+        assert (refused.http_status, refused.body) == (403, "Audiences in Jwt are not allowed")
+
+    async def test_changed_keys_in_a_rule_verify_again(self, authn: JwtAuthenticator) -> None:
+        """A reload that replaces a rule's inline keys checks the cached token again."""
+        jwt = token(claims())
+        before = JwtRule(issuer=ISSUER, jwks=jwks("rsa"))
+        after = JwtRule(issuer=ISSUER, jwks=jwks("ec256"))
+        assert (await authn.authenticate(compile_jwt_plan([before]), bearer(jwt))).status == "ok"
+        again = await authn.authenticate(compile_jwt_plan([after]), bearer(jwt))
+        assert again.body == "Jwks doesn't have key to match kid or alg from Jwt"
+
+    async def test_other_rules_of_the_location_count(self, authn: JwtAuthenticator) -> None:
+        """A rule added at the token's location is a different location: the token is re-checked
+        and the first accepting rule (now the added one) supplies the outputs."""
+        added = JwtRule(issuer=ISSUER, jwks=RULE.jwks, output_payload_to_header="x-payload")
+        jwt = token(claims())
+        assert (await run(authn, [RULE], bearer(jwt))).headers_to_add == ()
+        result = await run(authn, [added, RULE], bearer(jwt))
+        assert [name for name, _ in result.headers_to_add] == ["x-payload"]
+
+
+class TestMetadata:
+    async def test_metadata_of_a_verified_token(self, authn: JwtAuthenticator) -> None:
+        """The metadata carries principal, issuer, subject, claims and their text forms."""
+        payload = claims(scope="read write", level=3, org={"b": 1, "a": [2]})
+        result = await run(authn, [RULE], bearer(token(payload)))
+        assert result.metadata is not None
+        assert (result.metadata["principal"], result.metadata["subject"]) == (
+            f"{ISSUER}/alice",
+            "alice",
+        )
+        assert result.metadata["issuer"] == ISSUER
+        assert result.metadata["claims"] == result.claims
+        text = result.metadata["claim_text"]
+        assert (text["scope"], text["level"], text["org"]) == ("read,write", "3", '{"a":[2],"b":1}')
+
+    async def test_no_subject_is_empty_text(self, authn: JwtAuthenticator) -> None:
+        """A token without ``sub`` has empty principal and subject in the metadata."""
+        result = await run(authn, [RULE], bearer(token(claims(sub=None))))
+        assert result.metadata is not None
+        assert (result.metadata["principal"], result.metadata["subject"]) == ("", "")
+
+    async def test_metadata_is_one_object_per_cached_token(self, authn: JwtAuthenticator) -> None:
+        """Every cache hit of a token, under any plan, hands on the same metadata object."""
+        jwt = token(claims())
+        first = await run(authn, [RULE], bearer(jwt))
+        extra = JwtRule(issuer=OTHER, jwks=RULE.jwks, from_params=("t",))
+        second = await run(authn, [RULE, extra], bearer(jwt))
+        assert first.metadata is not None and second.metadata is first.metadata
+
+    async def test_metadata_is_built_once_with_several_tokens(
+        self, authn: JwtAuthenticator
+    ) -> None:
+        """With two tokens the answer is rebuilt per request, the metadata is not."""
+        plan = compile_jwt_plan([RULE])
+        req = bearer(token(claims(sub="a")), path=f"/api?access_token={token(claims(sub='b'))}")
+        first = await authn.authenticate(plan, req)
+        second = await authn.authenticate(plan, req)
+        assert first.subject == "a" and first.metadata is not None
+        assert second.metadata is first.metadata
+
+    async def test_no_metadata_unless_ok(self, authn: JwtAuthenticator) -> None:
+        """Missing and invalid tokens carry no metadata."""
+        assert (await run(authn, [RULE], plain())).metadata is None
+        assert (await run(authn, [RULE], bearer("x.y.z"))).metadata is None

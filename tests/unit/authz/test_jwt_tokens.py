@@ -152,10 +152,13 @@ class TestMerging:
             ("tok", (long,)),
         ]
 
-    def test_sources_are_identity_compared(self) -> None:
-        """Two extractors for the same rules have distinct (cache-safe) sources."""
-        one, two = TokenExtractor([DEFAULT]), TokenExtractor([DEFAULT])
-        assert one.sources[0] != two.sources[0]
+    def test_sources_are_compared_by_value(self) -> None:
+        """Sources (the token cache key) are equal exactly when location and rules are."""
+        one, two = TokenExtractor([DEFAULT]), TokenExtractor([JwtRule(issuer=DEFAULT.issuer)])
+        assert one.sources == two.sources
+        assert hash(one.sources[0]) == hash(two.sources[0])
+        narrowed = TokenExtractor([JwtRule(issuer=DEFAULT.issuer, audiences=("a",))])
+        assert one.sources[0] != narrowed.sources[0]
         assert isinstance(one.extract(request(authorization="Bearer x"))[0], ExtractedToken)
 
 

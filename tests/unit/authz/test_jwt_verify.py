@@ -1,5 +1,10 @@
-"""One token against one rule: jwt_verify_lib's checks, order and status strings."""
+"""One token against one rule: jwt_verify_lib's checks, order and status strings.
 
+Every check goes through the production path (a one-rule plan and
+``JwtAuthenticator.authenticate``) with the key set under test handed in by a fake.
+"""
+
+import asyncio
 import base64
 import datetime
 import hashlib
@@ -10,14 +15,18 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from services.authz.jwt import verify as v
+from services.authz.jwt.authenticate import JwtAuthenticator
 from services.authz.jwt.jwks import JwkSet, parse_jwks
+from services.authz.jwt.plan import compile_jwt_plan
+from services.authz.jwt.rules import JwtRule
 from services.authz.jwt.status import JwtVerifyError
-from services.authz.jwt.verify import verify_jwt
+from services.authz.model import HttpRequest
+from services.clock import ManualClock
 from tests.jwt_issuer import (
     ISSUER,
     NOW,
@@ -35,6 +44,19 @@ from tests.jwt_issuer import (
 ALL_KEYS = parse_jwks(jwks("rsa", "ec256", "ec384", "ec521", "ed25519", "hmac"))
 
 
+class FixedKeys:
+    """A key source that always answers with one key set (also when asked to refresh)."""
+
+    def __init__(self, keys: JwkSet) -> None:
+        self.set = keys
+
+    async def keys(self, rule: JwtRule) -> JwkSet:
+        return self.set
+
+    async def refresh(self, rule: JwtRule) -> JwkSet:
+        return self.set
+
+
 def check(
     jwt: str,
     keys: JwkSet = ALL_KEYS,
@@ -44,14 +66,15 @@ def check(
     now: float = NOW,
     extra: tuple[str, ...] = (),
 ) -> v.VerifiedToken:
-    return verify_jwt(
-        jwt,
-        issuer=issuer,
-        audiences=audiences,
-        keys=keys,
-        now=now,
-        space_delimited_claims=extra,
-    )
+    """``jwt`` as a bearer token under one rule; raises the ``JwtVerifyError`` it got."""
+    rule = JwtRule(issuer=issuer, audiences=audiences, space_delimited_claims=extra)
+    authn = JwtAuthenticator(FixedKeys(keys), ManualClock(now))
+    request = HttpRequest(host="api.example.com", headers={"authorization": f"Bearer {jwt}"})
+    result = asyncio.run(authn.authenticate(compile_jwt_plan([rule]), request))
+    if result.status != "ok":
+        raise JwtVerifyError(result.body)
+    (verified,) = result.tokens
+    return verified
 
 
 def status_of(jwt: str, keys: JwkSet = ALL_KEYS, **kwargs: Any) -> str:
@@ -453,3 +476,58 @@ class TestClaims:
         signing_input = f"{header}.{padded}".encode()
         resigned = f"{header}.{padded}.{b64url(signature('rsa', 'RS256', signing_input))}"
         assert check(resigned).subject == "ab"
+
+
+class TestJwtVerifyLibOverPyJwt:
+    def test_pss_salt_length_is_recovered(self) -> None:
+        """A PS256 signature with a maximum-length salt verifies (BoringSSL recovers the salt
+        length; PyJWT's PSS verifier would insist on the digest length)."""
+        signing_input = token(claims(), alg="PS256").rsplit(".", 1)[0]
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
+        sig = private_key("rsa").sign(signing_input.encode(), pss, hashes.SHA256())
+        assert check(f"{signing_input}.{b64url(sig)}").subject == "alice"
+
+    def test_ecdsa_signature_is_read_as_two_halves(self) -> None:
+        """``r`` and ``s`` are the two halves whatever the length (``verifySignatureEC``):
+        zero-padded halves verify, and a trailing odd byte is ignored."""
+        jwt = token(claims(), key="ec256")
+        signing_input, sig_b64 = jwt.rsplit(".", 1)
+        raw_sig = base64.urlsafe_b64decode(sig_b64 + "==")
+        padded = b"\0" + raw_sig[:32] + b"\0" + raw_sig[32:]
+        assert check(f"{signing_input}.{b64url(padded)}").subject == "alice"
+        assert check(f"{signing_input}.{b64url(raw_sig + b'x')}").subject == "alice"
+
+    def test_ec_coordinates_of_any_length(self) -> None:
+        """EC ``x``/``y`` with an extra leading zero byte still name the point (BoringSSL
+        reads numbers; PyJWT alone wants exactly 32 bytes for P-256)."""
+        jwk = public_jwk("ec256")
+        for name in ("x", "y"):
+            jwk[name] = b64url(b"\0" + base64.urlsafe_b64decode(jwk[name] + "=="))
+        assert check(token(claims(), key="ec256"), parse_jwks(jwks(jwk))).subject == "alice"
+
+
+class TestHeaderCache:
+    def test_bounded_and_hot_headers_survive_a_flood(self) -> None:
+        """A flood of distinct headers evicts the least recently used ones only: a header in
+        regular use keeps its cached parse, and the cache never grows past its bound."""
+        hot = b64url(json.dumps({"alg": "RS256", "kid": "hot"}).encode())
+        kept = v._parse_header(hot)
+        for i in range(4 * v.HEADER_CACHE_SIZE):
+            v._parse_header(b64url(json.dumps({"alg": "RS256", "kid": f"k{i}"}).encode()))
+            if i % 100 == 0:
+                assert v._parse_header(hot) is kept
+        assert v._parse_header.cache_info().currsize <= v.HEADER_CACHE_SIZE
+
+    def test_cached_parse_is_immutable(self) -> None:
+        """What the cache hands out is a tuple of strings: no caller can alter another's."""
+        header = b64url(json.dumps({"alg": "ES256", "kid": "k", "x": [1]}).encode())
+        assert v._parse_header(header) == ("ES256", "k")
+        assert all(isinstance(part, str) for part in v._parse_header(header))
+
+    def test_failures_are_not_cached(self) -> None:
+        """A bad header raises every time and takes no cache slot."""
+        before = v._parse_header.cache_info().currsize
+        for _ in range(2):
+            with pytest.raises(JwtVerifyError):
+                v._parse_header(b64url(b'{"alg": "none"}'))
+        assert v._parse_header.cache_info().currsize == before

@@ -8,8 +8,8 @@ import pytest
 
 from services.authz.authorization_policy import Action
 from services.authz.workloads import Workload
+from services.catalog.loader import LoadOptions, load_directory
 from services.policy.errors import PolicyLoadError
-from services.policy.loader import LoadOptions, load_directory
 
 
 def load(tmp_path: Path, text: str) -> object:
@@ -285,12 +285,12 @@ class TestAccepted:
             )
         )
         config = load(tmp_path, text).authz  # type: ignore[attr-defined]
-        applied = config.for_workload(Workload.of("edge", {"app": "gw", "x": "y"}, "public"))
+        applied = config.compile(Workload.of("edge", {"app": "gw", "x": "y"}, "public"))
         assert sorted(p.meta.name for p in applied.allow) == [
             "root",
             "same",
             "selected",
             "targeted",
         ]
-        other_gateway = config.for_workload(Workload.of("edge", {"app": "gw"}, "private"))
+        other_gateway = config.compile(Workload.of("edge", {"app": "gw"}, "private"))
         assert "targeted" not in [p.meta.name for p in other_gateway.allow]

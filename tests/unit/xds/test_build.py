@@ -8,8 +8,9 @@ import yaml
 
 from services.authz.mesh_config import MeshSettings
 from services.authz.paths import PathNormalization
-from services.policy.loader import LoadOptions, PolicySet, load_directory
-from services.xds.build import Services, build_snapshot, gateway_resources
+from services.catalog.bridge import listener_settings
+from services.catalog.loader import LoadOptions, PolicySet, load_directory
+from services.xds.build import Services, compile_gateway_config, gateway_resources, snapshot
 from services.xds.gateway import Endpoint
 from services.xds.istio import istio_documents, mesh_config_snippet
 from services.xds.render import bootstrap, static_config, to_yaml
@@ -34,10 +35,11 @@ def fixture_policies() -> PolicySet:
 
 
 def resources(policies: PolicySet, mesh: MeshSettings | None = None) -> dict:  # type: ignore[type-arg]
-    gateway = policies.gateways[0]
-    return gateway_resources(
-        gateway, policies.gateway_policies(gateway.name), mesh or policies.authz.mesh, SERVICES
-    )
+    compiled = policies.xds.gateways[0]
+    if mesh is not None:
+        settings = listener_settings(mesh)
+        compiled = compile_gateway_config(compiled.gateway, compiled.policies, settings)
+    return gateway_resources(compiled, SERVICES)
 
 
 class TestBuild:
@@ -94,17 +96,11 @@ class TestBuild:
 
     def test_versions_are_content_hashes(self, policies: PolicySet) -> None:
         """The same policies give the same versions (stable across restarts)."""
-        gateway = policies.gateways[0]
-        quotas = policies.gateway_policies(gateway.name)
-        first = build_snapshot(gateway, quotas, policies.authz.mesh, SERVICES)
-        again = build_snapshot(gateway, quotas, policies.authz.mesh, SERVICES)
+        compiled = policies.xds.gateways[0]
+        first = snapshot(compiled, SERVICES)
+        again = snapshot(compiled, SERVICES)
         assert first.versions == again.versions
-        moved = build_snapshot(
-            gateway,
-            quotas,
-            policies.authz.mesh,
-            Services(Endpoint("10.0.0.1", 9001), SERVICES.ratelimit),
-        )
+        moved = snapshot(compiled, Services(Endpoint("10.0.0.1", 9001), SERVICES.ratelimit))
         assert moved.versions[CLUSTER] == first.versions[CLUSTER]
         assert moved.versions[ENDPOINT] != first.versions[ENDPOINT]
 
@@ -139,10 +135,11 @@ class TestRenders:
 
     def test_istio_render(self, policies: PolicySet) -> None:
         """The Istio render selects the gateway by labels and names the mixerless service."""
-        gateway = policies.gateways[0]
+        compiled = policies.xds.gateways[0]
+        gateway = compiled.gateway
         documents = istio_documents(
             gateway,
-            policies.gateway_policies(gateway.name),
+            compiled.policies,
             service="mixerless.istio-system.svc.cluster.local",
             ratelimit_port=8081,
             authz_port=9001,

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from services.catalog.loader import LoadOptions, PolicySet, load_directory
 from services.policy.errors import PolicyLoadError
-from services.policy.loader import LoadOptions, PolicySet, load_directory
 from services.ratelimit.match import find_limit
 from services.ratelimit.model import DescriptorRequest, Unit
 from services.xds.ratelimit_policy import route_actions
@@ -59,11 +59,16 @@ INVALID_GATEWAYS = {
         "match: {prefix: /product, exact: /x}",
         "only one of prefix, exact or regex may be set",
     ),
-    "bad regex": ("match: {prefix: /product}", "match: {regex: '(['}", "invalid regex"),
+    "bad regex": (
+        "match: {prefix: /product}",
+        "match: {regex: '(['}",
+        "p0.yaml:8: spec.routes[0].match.regex: invalid regex '([': RE2 refuses it: missing ]: [",
+    ),
     "regex RE2 cannot compile": (
         "match: {prefix: /product}",
         "match: {regex: '^/product(?=/)'}",
-        "uses lookaround ((?=, (?!, (?<=, (?<!), which Envoy's RE2 does not support",
+        "spec.routes[0].match.regex: invalid regex '^/product(?=/)': RE2 refuses it: "
+        "invalid perl operator: (?=",
     ),
     "unknown rate limit action": (
         'backend: {endpoints: ["127.0.0.1:9000"]}',
@@ -88,7 +93,7 @@ class TestGatewayValidation:
 
     def test_defaults(self, tmp_path: Path) -> None:
         """Node ids default to the name; the rate limit domain is the gateway name."""
-        gateway = load(tmp_path, GATEWAY).gateways[0]
+        gateway = load(tmp_path, GATEWAY).xds.gateways[0].gateway
         assert gateway.nodes == ("public",)
         assert gateway.domain == "public"
         assert gateway.labels_text == "istio=ingressgateway"
@@ -146,7 +151,7 @@ class TestRateLimitPolicy:
                 f"limit: {{requests: 7, unit: hour}}\ncountBy: {count_by}\n"
             ),
         )
-        [policy] = policy_set.rate_limit_policies
+        [policy] = policy_set.xds.gateways[0].policies
         actions = route_actions(policy)["actions"]
         # What Envoy sends for a matching request: one entry per action, in order.
         keys = [next(iter(a.values())).get("descriptor_key", "remote_address") for a in actions]
@@ -159,7 +164,7 @@ class TestRateLimitPolicy:
     def test_global_quota(self, tmp_path: Path) -> None:
         """Without countBy and match, one counter counts every request of the policy."""
         policy_set = load(tmp_path, GATEWAY, quota("limit: {requests: 3, unit: second}\n"))
-        [policy] = policy_set.rate_limit_policies
+        [policy] = policy_set.xds.gateways[0].policies
         assert route_actions(policy)["actions"] == [
             {"generic_key": {"descriptor_key": "policy", "descriptor_value": "istio-system/q"}}
         ]
@@ -176,7 +181,7 @@ class TestRateLimitPolicy:
             GATEWAY,
             quota("match: {paths: ['/product', '/api/*']}\nlimit: {requests: 1, unit: minute}\n"),
         )
-        [policy] = policy_set.rate_limit_policies
+        [policy] = policy_set.xds.gateways[0].policies
         header = route_actions(policy)["actions"][1]["header_value_match"]["headers"][0]
         regex = re.compile(header["string_match"]["safe_regex"]["regex"])
         assert regex.match("/product?x=1") and regex.match("/api/v1/orders")

@@ -12,17 +12,12 @@ from pathlib import Path
 
 import structlog
 
+from services.catalog.files import PolicyDirectoryChangingError, policy_files
+from services.catalog.loader import LoadOptions, PolicySet, load_directory
+from services.catalog.state import PolicyState
 from services.clock import Clock
 from services.metrics import Metrics
 from services.policy.errors import PolicyLoadError
-from services.policy.loader import (
-    LoadOptions,
-    PolicyDirectoryChangingError,
-    PolicySet,
-    load_directory,
-    policy_files,
-)
-from services.policy.state import PolicyState
 
 log = structlog.get_logger("mixerless.policy")
 

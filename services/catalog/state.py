@@ -3,7 +3,7 @@
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.policy.loader import PolicySet
+from services.catalog.loader import PolicySet
 
 Listener = Callable[[PolicySet], None]
 

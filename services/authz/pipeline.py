@@ -1,0 +1,80 @@
+"""One Check through the stages, in order, ending in the one ``answer``.
+
+normalize -> CUSTOM -> JWT -> RBAC (AUDIT/DENY/ALLOW + dry-run) -> answer. A stage's
+``Denial`` ends the Check; otherwise what it adds is carried on: the providers' and the
+token's ``Effects`` accumulate, the verified identity joins the attributes RBAC reads.
+``mixerless explain`` runs this same function with a ``Trace`` to show each stage.
+"""
+
+from dataclasses import dataclass
+
+import structlog
+
+from services.authz import decide, stages
+from services.authz.answer import Denial, Effects, Verdict, answer
+from services.authz.mesh_config import MeshSettings
+from services.authz.model import CheckInput, Decision
+from services.authz.plan import WorkloadPlan
+from services.authz.stages import Authenticated, Normalized, Seams
+
+log = structlog.get_logger("mixerless.authz")
+
+
+@dataclass(slots=True)
+class Trace:
+    """What each stage of one Check returned (None: the stage was not reached)."""
+
+    plan: WorkloadPlan | None = None
+    normalized: Normalized | Denial | None = None
+    custom: Effects | Denial | None = None
+    jwt: Authenticated | Denial | None = None
+    rbac: Verdict | Denial | None = None
+
+
+async def run(
+    mesh: MeshSettings,
+    plan: WorkloadPlan,
+    check: CheckInput,
+    seams: Seams,
+    trace: Trace | None = None,
+) -> Decision:
+    """The Decision for ``check``, a request of the workload ``plan`` was compiled for."""
+    if trace is not None:
+        trace.plan = plan
+    normalized = stages.normalize(check, mesh)
+    if trace is not None:
+        trace.normalized = normalized
+    if isinstance(normalized, Denial):
+        return answer(normalized)
+
+    effects = await stages.custom(plan, normalized, mesh.providers, seams)
+    if trace is not None:
+        trace.custom = effects
+    if isinstance(effects, Denial):
+        return answer(effects)
+
+    authenticated = await stages.authenticate(plan, normalized.check.request, seams.jwt)
+    if trace is not None:
+        trace.jwt = authenticated
+    if isinstance(authenticated, Denial):
+        return answer(authenticated)
+    effects = effects.plus(authenticated.effects)
+    attributes = normalized.attributes
+    token = authenticated.token
+    if token is not None:
+        attributes.issuer = token.issuer
+        attributes.subject = token.subject
+        attributes.claims = token.claims
+
+    verdict = decide.rbac(plan, attributes)
+    if trace is not None:
+        trace.rbac = verdict
+    if verdict.audit or verdict.dry_run:
+        log.info(
+            "policy audit",
+            audit=list(verdict.audit),
+            dry_run=list(verdict.dry_run),
+            decision="allow" if isinstance(verdict, Verdict) else "deny",
+            path=attributes.path,
+        )
+    return answer(verdict, effects)

@@ -1,0 +1,192 @@
+"""The stages of a Check, in Istio's order; each returns a ``Denial`` or what it adds.
+
+1. ``normalize``: TCP checks, the method and the path (query and fragment stripped,
+   normalized per meshConfig; 400 if invalid) -> the request's ``Attributes``;
+2. ``custom``: each provider whose CUSTOM rule matches is asked; its deny is final
+   -> the providers' ``Effects``;
+3. ``authenticate``: an invalid token is 401 (403 for a bad audience); no token is
+   anonymous -> the token's ``Effects`` and identity;
+4. RBAC (``decide.rbac``): AUDIT, DENY, ALLOW -> a ``Verdict``.
+
+``pipeline.run`` chains them and ``answer.answer`` makes the Decision. The stages
+talk to the outside only through ``Seams`` (the JWT authenticator, provider clients).
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from services.authz import decide
+from services.authz.answer import NO_EFFECTS, Denial, Effects
+from services.authz.attributes import Attributes, HeaderValues
+from services.authz.client_address import trusted_client_address
+from services.authz.jwt.plan import JwtPlan
+from services.authz.jwt.result import JwtResult
+from services.authz.mesh_config import MeshSettings
+from services.authz.model import RBAC_DENIED, CheckInput, DynamicMetadata, HttpRequest, Reason
+from services.authz.paths import InvalidPathError, full_path_with_query
+from services.authz.plan import WorkloadPlan
+from services.authz.providers.client import AuthzProviderClient, ProviderDecision
+from services.authz.providers.config import Provider
+
+TCP_DENIED = Denial(403, "", Reason("tcp", detail="TCP checks are denied"))
+
+
+class ProviderRegistry(Protocol):
+    """Protocol: the client to ask a given extension provider (``ProviderClients``)."""
+
+    def get(self, provider: Provider) -> AuthzProviderClient: ...
+
+
+class Authenticator(Protocol):
+    """Protocol: the JWT step for a request (``JwtAuthenticator``)."""
+
+    async def authenticate(self, plan: JwtPlan, request: HttpRequest) -> JwtResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Seams:
+    """What the stages reach outside the process through, and where they report trouble."""
+
+    jwt: Authenticator
+    providers: ProviderRegistry
+    provider_failed: Callable[[str], None]  # called with the provider's name
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """The request as the later stages see it: its normalized :path, and its attributes."""
+
+    check: CheckInput
+    attributes: Attributes
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """The JWT stage let the request on: what it changes, and the verified token if any."""
+
+    effects: Effects = NO_EFFECTS
+    token: JwtResult | None = None  # status "ok": issuer, subject and claims are known
+
+
+ANONYMOUS = Authenticated()
+
+
+def normalize(check: CheckInput, mesh: MeshSettings) -> Denial | Normalized:
+    """Refuse what Envoy (or mixerless) refuses before any filter; else the attributes."""
+    if not check.http:
+        # A network-filter check: HTTP-only rules cannot be evaluated as Istio does for
+        # TCP, so mixerless (an HTTP gateway authorizer) refuses rather than guess.
+        return TCP_DENIED
+    request = check.request
+    if not request.method.isupper():  # Envoy refuses methods that are not upper-case
+        return Denial(400, "Bad Request", Reason("method", detail=request.method))
+    try:
+        path_with_query = full_path_with_query(request.path, mesh.path_normalization)
+    except InvalidPathError as exc:
+        return Denial(400, "Bad Request", Reason("path", detail=str(exc)))
+    path = path_with_query.partition("?")[0]  # only the part before "?" is normalized
+    if path_with_query != request.path:
+        # Envoy normalizes before any filter: JWT challenges and providers see this path.
+        request = replace(request, path=path_with_query)
+        check = replace(check, request=request)
+    attributes = Attributes(
+        method=request.method,
+        host=request.host.lower(),
+        path=path,
+        path_with_query=path_with_query,
+        headers=request.headers,
+        repeated={name: HeaderValues(v) for name, v in request.repeated.items()},
+        source_ip=check.source.address,
+        remote_ip=trusted_client_address(
+            check.source.address,
+            request.headers.get("x-forwarded-for"),
+            mesh.num_trusted_proxies,
+        ),
+        source_principal=check.source.principal,
+        destination_ip=check.destination.address,
+        destination_port=check.destination.port,
+        sni=check.sni,
+    )
+    return Normalized(check, attributes)
+
+
+async def custom(
+    plan: WorkloadPlan,
+    request: Normalized,
+    providers: Mapping[str, Provider],
+    seams: Seams,
+) -> Denial | Effects:
+    """Ask the provider of each matching CUSTOM policy; the first denial is final."""
+    if not plan.custom:
+        return NO_EFFECTS
+    effects = NO_EFFECTS
+    for match in decide.custom_matches(plan, request.attributes):
+        provider = providers.get(match.policy.provider)
+        if provider is None or plan.custom_providers > 1:
+            # Istio turns CUSTOM rules into DENY for an unknown provider, and for a
+            # workload with more than one (without PILOT_ENABLE_MULTIPLE_CUSTOM_...).
+            detail = (
+                f"unknown provider '{match.policy.provider}'"
+                if provider is None
+                else "more than one CUSTOM provider applies to this workload"
+            )
+            return Denial(403, RBAC_DENIED, Reason("custom", match.policy.key, match.rule, detail))
+        decision = await seams.providers.get(provider).check(request.check)
+        if decision.error:
+            seams.provider_failed(provider.name)
+        if not decision.allowed:
+            reason = Reason("custom", match.policy.key, match.rule, match.policy.provider)
+            headers = tuple(decision.downstream_headers)
+            return Denial(decision.status, decision.body, reason, headers)
+        effects = effects.plus(_provider_effects(decision))
+    return effects
+
+
+def _provider_effects(decision: ProviderDecision) -> Effects:
+    metadata = decision.dynamic_metadata
+    return Effects(
+        upstream=tuple(decision.upstream_headers),
+        upstream_remove=tuple(decision.upstream_headers_to_remove),
+        downstream=tuple(decision.downstream_headers),
+        query_set=tuple(decision.query_parameters_to_set),
+        query_remove=tuple(decision.query_parameters_to_remove),
+        metadata=DynamicMetadata(metadata) if metadata else None,
+    )
+
+
+async def authenticate(
+    plan: WorkloadPlan, request: HttpRequest, authenticator: Authenticator
+) -> Denial | Authenticated:
+    """The JWT step: a bad token is final; a good one adds its header changes, metadata
+    and identity; no token adds only the removal of client-sent output headers."""
+    if not plan.jwt_rules or _cors_preflight(request):
+        return ANONYMOUS
+    result = await authenticator.authenticate(plan.jwt, request)
+    if result.status == "invalid":
+        reason = Reason("jwt", detail=result.body)
+        return Denial(result.http_status, result.body, reason, tuple(result.response_headers))
+    # Output headers a client sent itself are removed whether or not it sent a token,
+    # so the upstream can trust them (Envoy's jwt_authn does the same).
+    if result.status == "ok":
+        effects = Effects(
+            upstream=result.headers_to_add,
+            upstream_remove=result.headers_to_remove,
+            query_remove=result.query_params_to_remove,
+            metadata=result.metadata,
+        )
+        return Authenticated(effects, result)
+    if result.headers_to_remove:
+        return Authenticated(Effects(upstream_remove=result.headers_to_remove))
+    return ANONYMOUS
+
+
+def _cors_preflight(request: HttpRequest) -> bool:
+    """An OPTIONS request with Origin and Access-Control-Request-Method: Istio's jwt_authn
+    (``bypass_cors_preflight``) skips JWT checks for it; authorization still runs."""
+    headers = request.headers
+    return (
+        request.method == "OPTIONS"
+        and "origin" in headers
+        and "access-control-request-method" in headers
+    )
