@@ -209,14 +209,14 @@ def optional_part(make: Callable[..., T], unless_empty: str, **options: Option) 
 class Settings:
     """Everything ``mixerless serve`` needs, resolved and validated; each field's option.
 
-    ``setting``, ``part`` and ``optional_part`` return ``dataclasses.field()``s, which
-    ruff's RUF009 cannot see through: hence its ``noqa`` on the fields it flags.
+    ``setting``, ``part`` and ``optional_part`` return ``dataclasses.field()``s (ruff's
+    RUF009 cannot see through them, so pyproject.toml turns it off for this module).
     """
 
-    policies: Path = setting(  # noqa: RUF009 (a dataclasses.field)
+    policies: Path = setting(
         "policies", Path, "policies", "policy directory to serve (watched for changes)"
     )
-    server: ServerOptions = part(  # noqa: RUF009 (a dataclasses.field)
+    server: ServerOptions = part(
         ServerOptions,
         host=Option("host", parse_host, "0.0.0.0", "listen address (IPv6 ok)"),
         max_message_bytes=Option(
@@ -242,7 +242,7 @@ class Settings:
     services: frozenset[str] = setting(
         "only", parse_services, ",".join(SERVICES), "comma-separated services to run"
     )
-    workload: WorkloadDefaults = part(  # noqa: RUF009 (a dataclasses.field)
+    workload: WorkloadDefaults = part(
         WorkloadDefaults,
         namespace=Option(
             "workload-namespace",
@@ -260,7 +260,7 @@ class Settings:
     jwks_refresh_interval: float = setting(
         "jwks-refresh-interval", parse_duration, "20m", "how often remote JWKS are fetched again"
     )
-    redis: RedisSettings | None = optional_part(  # noqa: RUF009 (a dataclasses.field)
+    redis: RedisSettings | None = optional_part(
         RedisSettings,
         "url",
         url=Option(
@@ -278,7 +278,7 @@ class Settings:
     local_cache_size: int = setting(
         "local-cache-size", parse_count, "0", "over-limit keys kept in memory (0: off)"
     )
-    ratelimit: RateLimitOptions = part(  # noqa: RUF009 (a dataclasses.field)
+    ratelimit: RateLimitOptions = part(
         RateLimitOptions,
         cache_key_prefix=Option("cache-key-prefix", str, "", "prefix of every counter key"),
         near_limit_ratio=Option(
@@ -301,7 +301,7 @@ class Settings:
             "dynamic-metadata", parse_bool, "false", "return rate limit dynamic metadata"
         ),
     )
-    load: LoadOptions = part(  # noqa: RUF009 (a dataclasses.field)
+    load: LoadOptions = part(
         LoadOptions,
         merge_domains=Option(
             "merge-domains", parse_bool, "false", "merge config files that share a domain"

@@ -41,7 +41,13 @@ class AuthzConfig:
         """The plan of the workload a Check's context extensions name (``defaults`` for
         what they leave out): the same object for the same workload while this set lives."""
         get = context.get
-        key = (get("namespace", ""), get("labels"), get("gateway", ""), defaults)
+        key = (
+            get("namespace", ""),
+            get("labels"),
+            get("gateway", ""),
+            defaults.namespace,
+            defaults.labels,
+        )
         found = self._plans.get(key)
         if found is None:
             found = self._plan_for(key)

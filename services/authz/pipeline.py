@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import structlog
 
 from services.authz import decide, stages
-from services.authz.answer import Denial, Effects, Verdict, answer
+from services.authz.answer import NO_EFFECTS, Denial, Effects, Verdict, answer
 from services.authz.mesh_config import MeshSettings
 from services.authz.model import CheckInput, Decision
 from services.authz.plan import WorkloadPlan
@@ -47,7 +47,9 @@ async def run(
     if isinstance(normalized, Denial):
         return answer(normalized)
 
-    effects = await stages.custom(plan, normalized, mesh.providers, seams)
+    effects: Effects | Denial = NO_EFFECTS
+    if plan.custom:  # most workloads have no CUSTOM policy: spare them the coroutine
+        effects = await stages.custom(plan, normalized, mesh.providers, seams)
     if trace is not None:
         trace.custom = effects
     if isinstance(effects, Denial):

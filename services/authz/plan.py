@@ -29,8 +29,9 @@ class WorkloadDefaults:
     labels: str = "istio=ingressgateway"
 
 
-PlanKey = tuple[str, str | None, str, WorkloadDefaults]
-"""Context ``namespace``, ``labels`` (None when absent), ``gateway``, and the defaults."""
+PlanKey = tuple[str, str | None, str, str, str]
+"""Context ``namespace``, ``labels`` (None when absent) and ``gateway``, then the default
+namespace and labels: all strings, whose hashes Python keeps, so a lookup hashes nothing."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -58,7 +59,7 @@ def resolve_workload(key: PlanKey) -> Workload:
     A ``labels`` extension that is present, even empty, names the gateway's own labels;
     only its absence (or labels that do not parse) falls back to the default labels.
     """
-    namespace, labels, gateway, defaults = key
+    namespace, labels, gateway, default_namespace, default_labels = key
     parsed: dict[str, str] | None = None
     if labels is not None:
         try:
@@ -66,8 +67,8 @@ def resolve_workload(key: PlanKey) -> Workload:
         except ValueError:
             parsed = None
     if parsed is None:
-        parsed = parse_labels(defaults.labels)
-    return Workload.of(namespace or defaults.namespace, parsed, gateway)
+        parsed = parse_labels(default_labels)
+    return Workload.of(namespace or default_namespace, parsed, gateway)
 
 
 def compile_plan(

@@ -14,7 +14,7 @@ talk to the outside only through ``Seams`` (the JWT authenticator, provider clie
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from services.authz import decide
 from services.authz.answer import NO_EFFECTS, Denial, Effects
@@ -53,16 +53,14 @@ class Seams:
     provider_failed: Callable[[str], None]  # called with the provider's name
 
 
-@dataclass(frozen=True, slots=True)
-class Normalized:
+class Normalized(NamedTuple):
     """The request as the later stages see it: its normalized :path, and its attributes."""
 
     check: CheckInput
     attributes: Attributes
 
 
-@dataclass(frozen=True, slots=True)
-class Authenticated:
+class Authenticated(NamedTuple):
     """The JWT stage let the request on: what it changes, and the verified token if any."""
 
     effects: Effects = NO_EFFECTS

@@ -7,8 +7,7 @@ rate limit domain: the envoyproxy/ratelimit descriptors its policies count by,
 which the catalog hands to the rate limit service.
 """
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from services.policy.kinds import Collected, Compiled, DocumentKind
@@ -39,10 +38,9 @@ KINDS = (GATEWAY, RATE_LIMIT_POLICY)
 
 @dataclass(frozen=True, slots=True)
 class XdsConfig:
-    """Every gateway of a policy set, compiled, and the Envoy node ids each serves."""
+    """Every gateway of a policy set, compiled (each names the Envoy nodes it serves)."""
 
     gateways: tuple[GatewayConfig, ...] = ()
-    nodes: Mapping[str, str] = field(default_factory=dict)  # node id or cluster -> gateway
 
     def gateway(self, name: str) -> GatewayConfig | None:
         return next((config for config in self.gateways if config.name == name), None)
@@ -90,7 +88,7 @@ def link(collected: Collected, settings: ListenerSettings) -> Linked:
         if g.value.name in derived
     )
     if any(g.sink for g in gateways) or any(p.sink for p in policies):
-        return Linked(XdsConfig(nodes=nodes), documents)
+        return Linked(XdsConfig(), documents)
     compiled = []
     for gateway in gateways:
         own = tuple(p.value for p in policies if p.value.gateway == gateway.value.name)
@@ -99,4 +97,4 @@ def link(collected: Collected, settings: ListenerSettings) -> Linked:
         except ValueError as exc:
             message = f"Envoy configuration cannot be built: {exc}"
             gateway.sink.add(gateway.line, "spec", message)
-    return Linked(XdsConfig(tuple(compiled), nodes), documents)
+    return Linked(XdsConfig(tuple(compiled)), documents)

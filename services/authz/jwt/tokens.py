@@ -34,7 +34,7 @@ Behaviour mirrored from Envoy ``source/extensions/filters/http/jwt_authn/extract
 
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 from services.authz.jwt.rules import JwtRule
@@ -82,9 +82,11 @@ class TokenSource:
         return self._hash
 
 
-@dataclass(frozen=True, slots=True)
-class ExtractedToken:
-    """One distinct token string and every location it was found at (Envoy order)."""
+class ExtractedToken(NamedTuple):
+    """One distinct token string and every location it was found at (Envoy order).
+
+    A ``NamedTuple``: one is made per request, at half a frozen dataclass's cost.
+    """
 
     token: str
     sources: tuple[TokenSource, ...]
