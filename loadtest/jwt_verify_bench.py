@@ -18,14 +18,21 @@ Side by side, alternating the checkouts round by round on one set of keys, with 
 median of the rounds' medians::
 
     .venv/bin/python loadtest/jwt_verify_bench.py --compare /work/base /work/main --rounds 7
+
+The same two checkouts, counted in CPU instructions by callgrind (repeatable on a busy
+machine, where the timings above drift by tens of percent)::
+
+    .venv/bin/python loadtest/jwt_verify_bench.py --compare /work/base /work/main --instructions 300
 """
 
 import argparse
 import asyncio
 import base64
+import functools
 import importlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -112,15 +119,21 @@ async def _authenticate_us(token: str, jwks: str) -> float:
 
 def measure(keys_file: Path) -> dict[str, float]:
     """``{"RS256 signature": us, "RS256 authenticate": us, ...}`` for this checkout."""
+    from services.authz.jwt import verify
     from services.authz.jwt.jwks import parse_jwks
-    from services.authz.jwt.verify import check_signature, parse_jwt
+
+    check_signature = verify.check_signature
+    parse: Any = verify.parse_jwt  # older checkouts cache headers inside parse_jwt
+    if hasattr(verify, "HeaderCache"):  # newer ones in the authenticator's HeaderCache
+        headers = verify.HeaderCache()
+        parse = functools.partial(verify.parse_jwt, header=headers)
 
     figures: dict[str, float] = {}
     for alg, (token, jwks) in _setup(keys_file).items():
         keys = parse_jwks(jwks)
-        check_signature(parse_jwt(token), keys)  # raises if the setup is wrong
+        check_signature(parse(token), keys)  # raises if the setup is wrong
         figures[f"{alg} signature"] = _median_us(
-            lambda token=token, keys=keys: check_signature(parse_jwt(token), keys)
+            lambda token=token, keys=keys: check_signature(parse(token), keys)
         )
         figures[f"{alg} authenticate"] = asyncio.run(_authenticate_us(token, jwks))
     return figures
@@ -167,13 +180,74 @@ def compare(checkouts: list[str], rounds: int) -> None:
         print(f"{name:22}{cells}")
 
 
+def _authenticate_calls(keys_file: Path, alg: str, calls: int) -> None:
+    """Set up, then make ``calls`` uncached authenticate calls (for callgrind to count)."""
+    global LOOPS, REPEATS
+    token, jwks = _setup(keys_file)[alg]
+    LOOPS, REPEATS = max(1, calls), 1
+    if calls:
+        asyncio.run(_authenticate_us(token, jwks))
+
+
+def count_instructions(checkouts: list[str], calls: int) -> None:
+    """Instructions per uncached authenticate, by callgrind: a run of ``calls`` calls
+    minus a run of one, over ``calls - 1``. The same on a busy machine as on an idle one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        keys_file = Path(tmp) / "keys.json"
+        _write_keys(keys_file)
+        print(f"callgrind: instructions per uncached authenticate ({calls} calls)")
+        print(f"{'':22}" + "".join(f"{c:>16}" for c in checkouts))
+        for alg in ("RS256", "ES256"):
+            cells = ""
+            for checkout in checkouts:
+                counted = []
+                for n in (1, calls):
+                    done = subprocess.run(
+                        [
+                            "valgrind",
+                            "--tool=callgrind",
+                            "--callgrind-out-file=/dev/null",
+                            sys.executable,
+                            __file__,
+                            "--keys",
+                            str(keys_file),
+                            "--calls",
+                            f"{alg}:{n}",
+                        ],
+                        env={**os.environ, "PYTHONPATH": checkout, "PYTHONHASHSEED": "0"},
+                        cwd=checkout,
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
+                    found = re.search(r"Collected : (\d+)", done.stderr)
+                    assert found is not None, done.stderr[-2000:]
+                    counted.append(int(found.group(1)))
+                cells += f"{(counted[1] - counted[0]) / (calls - 1):>16,.0f}"
+            print(f"{alg + ' authenticate':22}{cells}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compare", nargs="+", metavar="CHECKOUT", help="checkout roots")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keys", type=Path, help="private keys (JSON of PEMs) to sign with")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        metavar="CALLS",
+        help="with --compare: count instructions with callgrind over CALLS calls instead",
+    )
+    parser.add_argument("--calls", help=argparse.SUPPRESS)  # ALG:N, for --instructions
     args = parser.parse_args()
+    if args.calls:
+        alg, calls = args.calls.split(":")
+        _authenticate_calls(args.keys, alg, int(calls))
+        return
+    if args.compare and args.instructions:
+        count_instructions(args.compare, args.instructions)
+        return
     if args.compare:
         compare(args.compare, args.rounds)
         return

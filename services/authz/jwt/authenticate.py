@@ -50,6 +50,7 @@ from services.authz.jwt.status import (
 )
 from services.authz.jwt.tokens import TokenSource
 from services.authz.jwt.verify import (
+    HeaderCache,
     ParsedJwt,
     VerifiedToken,
     check_audience,
@@ -116,6 +117,7 @@ class JwtAuthenticator:
         self._cache: OrderedDict[tuple[str, TokenSource], _Verified] = OrderedDict()
         self._cache_size = cache_size
         self._max_cache_ttl = max_cache_ttl
+        self._headers = HeaderCache()
 
     @property
     def cached_tokens(self) -> int:
@@ -184,7 +186,7 @@ class JwtAuthenticator:
     ) -> _Verified:
         jwt = parsed.get(token)
         if jwt is None:
-            jwt = parsed[token] = parse_jwt(token)
+            jwt = parsed[token] = parse_jwt(token, self._headers)
         candidates = [rule for rule in source.rules if issuer_allowed(rule.issuer, jwt)]
         if not candidates:
             raise JwtVerifyError(JWT_UNKNOWN_ISSUER, f"iss {jwt.issuer!r}")

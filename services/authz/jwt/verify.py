@@ -43,11 +43,11 @@ non-empty sections (Envoy's inlined copy only skips empty sections); base64url
 sections may not contain whitespace or other characters (absl skips whitespace).
 """
 
-import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -127,11 +127,8 @@ class VerifiedToken:
 HEADER_CACHE_SIZE = 512
 
 
-@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
-def _parse_header(segment: str) -> tuple[str, str]:
-    """``(alg, kid)`` of a header section. Issuers reuse a handful of headers, so the
-    result is kept (least recently used evicted first; failures are not kept); it is
-    a tuple of strings, so no caller can change what another one gets."""
+def parse_header(segment: str) -> tuple[str, str]:
+    """``(alg, kid)`` of a header section; raises ``JwtVerifyError`` with the first problem."""
     try:
         raw = b64url_decode(segment)
     except ValueError:
@@ -150,6 +147,27 @@ def _parse_header(segment: str) -> tuple[str, str]:
     return alg, kid
 
 
+class HeaderCache:
+    """``parse_header`` with its answers kept, least recently used evicted first.
+
+    Issuers reuse a handful of headers, so a fresh token's header is usually parsed
+    already. One cache per ``JwtAuthenticator`` (none module-wide); failures are not
+    kept, and an answer is a tuple of strings, so no caller can change another's.
+    """
+
+    def __init__(self, size: int = HEADER_CACHE_SIZE) -> None:
+        self._parsed: LRUCache[str, tuple[str, str]] = LRUCache(maxsize=size)
+
+    def __len__(self) -> int:
+        return len(self._parsed)
+
+    def __call__(self, segment: str) -> tuple[str, str]:
+        found = self._parsed.get(segment)
+        if found is None:
+            found = self._parsed[segment] = parse_header(segment)
+        return found
+
+
 def _uint64(payload: dict[str, Any], name: str, not_integer: str, out_of_range: str) -> int:
     value = payload.get(name)
     if value is None and name not in payload:
@@ -162,14 +180,15 @@ def _uint64(payload: dict[str, Any], name: str, not_integer: str, out_of_range: 
     return int(number)
 
 
-def parse_jwt(token: str) -> ParsedJwt:
+def parse_jwt(token: str, header: Callable[[str], tuple[str, str]] = parse_header) -> ParsedJwt:
     """Split, decode and type-check a token (``Jwt::parseFromString``); raises
-    ``JwtVerifyError`` with the first problem found."""
+    ``JwtVerifyError`` with the first problem found. ``header`` parses the header
+    section (a ``HeaderCache`` keeps its answers)."""
     parts = token.split(".")
     if len(parts) != 3 or not (parts[0] and parts[1] and parts[2]):
         raise JwtVerifyError(JWT_BAD_FORMAT)
     header_b64, payload_b64, signature_b64 = parts
-    alg, kid = _parse_header(header_b64)
+    alg, kid = header(header_b64)
     try:
         raw_payload = b64url_decode(payload_b64)
     except ValueError:

@@ -510,24 +510,27 @@ class TestHeaderCache:
     def test_bounded_and_hot_headers_survive_a_flood(self) -> None:
         """A flood of distinct headers evicts the least recently used ones only: a header in
         regular use keeps its cached parse, and the cache never grows past its bound."""
+        cache = v.HeaderCache(64)
         hot = b64url(json.dumps({"alg": "RS256", "kid": "hot"}).encode())
-        kept = v._parse_header(hot)
-        for i in range(4 * v.HEADER_CACHE_SIZE):
-            v._parse_header(b64url(json.dumps({"alg": "RS256", "kid": f"k{i}"}).encode()))
-            if i % 100 == 0:
-                assert v._parse_header(hot) is kept
-        assert v._parse_header.cache_info().currsize <= v.HEADER_CACHE_SIZE
+        kept = cache(hot)
+        for i in range(4 * 64):
+            cache(b64url(json.dumps({"alg": "RS256", "kid": f"k{i}"}).encode()))
+            if i % 10 == 0:
+                assert cache(hot) is kept
+        assert len(cache) <= 64
 
     def test_cached_parse_is_immutable(self) -> None:
         """What the cache hands out is a tuple of strings: no caller can alter another's."""
+        cache = v.HeaderCache()
         header = b64url(json.dumps({"alg": "ES256", "kid": "k", "x": [1]}).encode())
-        assert v._parse_header(header) == ("ES256", "k")
-        assert all(isinstance(part, str) for part in v._parse_header(header))
+        assert cache(header) == ("ES256", "k")
+        assert all(isinstance(part, str) for part in cache(header))
 
-    def test_failures_are_not_cached(self) -> None:
-        """A bad header raises every time and takes no cache slot."""
-        before = v._parse_header.cache_info().currsize
+    def test_failures_are_not_kept(self) -> None:
+        """A header that does not parse is refused every time and takes no room."""
+        cache = v.HeaderCache()
+        bad = b64url(b'{"alg": 1}')
         for _ in range(2):
-            with pytest.raises(JwtVerifyError):
-                v._parse_header(b64url(b'{"alg": "none"}'))
-        assert v._parse_header.cache_info().currsize == before
+            with pytest.raises(v.JwtVerifyError):
+                cache(bad)
+        assert len(cache) == 0
