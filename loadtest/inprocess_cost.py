@@ -55,7 +55,7 @@ def _load(directory: Path) -> Any:
 
 
 def _check_servicer(scenario: str, pool: int) -> tuple[Any, Any, list[bytes]]:
-    import check_load
+    from scenarios import authz
 
     from services import envoy_api as api
     from services.authz.jwt.authenticate import JwtAuthenticator
@@ -66,10 +66,10 @@ def _check_servicer(scenario: str, pool: int) -> tuple[Any, Any, list[bytes]]:
     from services.clock import SystemClock
     from services.metrics import Metrics
 
-    key = check_load.load_or_create_key(HERE / "out" / "check_load-key.pem")
+    key = authz.load_or_create_key(HERE / "out" / "check_load-key.pem")
     directory = Path(tempfile.mkdtemp(prefix="inprocess-"))
     policy_scenario = "none" if scenario == "check-none" else "policies20-cached-jwt"
-    for name, text in check_load.policy_files(policy_scenario, key).items():
+    for name, text in authz.policy_files(policy_scenario, key).items():
         (directory / name).write_text(text)
     policy_set = _load(directory)
     clock = SystemClock()
@@ -82,18 +82,18 @@ def _check_servicer(scenario: str, pool: int) -> tuple[Any, Any, list[bytes]]:
     if scenario == "check-none":
         tokens: list[str | None] = [None]
     elif scenario == "check-cached-jwt":
-        tokens = list(check_load.token_pool(key, 1))
+        tokens = list(authz.token_pool(key, 1))
     else:  # a fresh token per request (and per warm-up request)
-        tokens = list(check_load.token_pool(key, pool))
+        tokens = list(authz.token_pool(key, pool))
     bodies = [
-        check_load.check_request(tokens[i % len(tokens)], request_id=check_load.request_id(i))
+        authz.check_request(tokens[i % len(tokens)], request_id=authz.request_id(i))
         for i in range(pool)
     ]
     return servicer.Check, api.CheckRequest, bodies
 
 
 def _rls_servicer(pool: int) -> tuple[Any, Any, list[bytes]]:
-    import rls_load
+    from scenarios import ratelimit
 
     from services import envoy_api as api
     from services.clock import SystemClock
@@ -103,7 +103,7 @@ def _rls_servicer(pool: int) -> tuple[Any, Any, list[bytes]]:
     from services.ratelimit.servicer import RateLimitServicer
 
     directory = Path(tempfile.mkdtemp(prefix="inprocess-"))
-    (directory / "ratelimit.yaml").write_text(rls_load.policy_yaml(10**9, 5))
+    (directory / "ratelimit.yaml").write_text(ratelimit.policy_yaml(10**9, 5))
     policy_set = _load(directory)
     clock = SystemClock()
     metrics = Metrics()
@@ -112,7 +112,7 @@ def _rls_servicer(pool: int) -> tuple[Any, Any, list[bytes]]:
         lambda: policy_set.ratelimit, store, clock, metrics, RateLimitOptions()
     )
     servicer = RateLimitServicer(service, metrics)
-    bodies = [rls_load.request_bytes(f"user-{i % 4}", 1) for i in range(pool)]
+    bodies = [ratelimit.request_bytes(f"user-{i % 4}", 1) for i in range(pool)]
     return servicer.ShouldRateLimit, api.RateLimitRequest, bodies
 
 

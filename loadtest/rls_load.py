@@ -7,309 +7,47 @@ broken server cannot be benchmarked), then drives closed-loop load with h2load
 (pre-serialized gRPC frames; cheapest generator) or a built-in grpc.aio client.
 
 Each invocation appends one JSON line to ``loadtest/out/results.jsonl`` and prints
-a table. See ``loadtest/README.md`` for usage and caveats.
+a table. The policy and requests are in ``scenarios/ratelimit.py``; the machinery
+(processes, generators, CPU accounting, run loop, report) in ``harness/``. See
+``loadtest/README.md`` for usage and caveats.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import datetime as dt
-import json
 import os
-import platform
 import random
-import re
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from harness.bench import Bench, Measured, measure_runs, print_title, run_driver
+from harness.cpu import tree_cpu_seconds
+from harness.generators import GenResult, Window, grpc_frame, h2load_generator, python_generator
+from harness.options import add_run_arguments
+from harness.processes import Processes, Server, free_port, start_mixerless, start_noop_server
+from harness.redis_server import RedisServer
+from harness.report import append_result, result_line, table_line, versions
+from harness.stats import median_of
+from scenarios.ratelimit import (
+    DOMAIN,
+    METHOD,
+    OK,
+    OVER_LIMIT,
+    classify_rls_response,
+    policy_yaml,
+    request_bytes,
+    user_names,
+)
 
 from services import envoy_api as api
-
-HERE = Path(__file__).resolve().parent
-OUT_DIR = HERE / "out"
-RESULTS = OUT_DIR / "results.jsonl"
-METHOD = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
-DOMAIN = "edge"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-OK, OVER_LIMIT = 1, 2
-# A RateLimitResponse starts with field 1 (overall_code, varint): 08 01 = OK, 08 02 = OVER_LIMIT.
-RESPONSE_OK, RESPONSE_OVER = b"\x08\x01", b"\x08\x02"
-
-
-# --- policy and requests ---------------------------------------------------------------
-
-
-def policy_yaml(user_limit: int, tiny_limit: int) -> str:
-    """The benchmark policy: every ``user-*`` gets ``user_limit``/min, ``tiny-*`` ``tiny_limit``."""
-    block = f"""\
-  - key: user
-    rate_limit:
-      unit: minute
-      requests_per_unit: {user_limit}
-  - key: user
-    value: tiny-*
-    rate_limit:
-      unit: minute
-      requests_per_unit: {tiny_limit}
-"""
-    nested = "".join("    " + line + "\n" for line in block.splitlines())
-    return (
-        "# Written by loadtest/rls_load.py: one counter per user, plus one per (product, user).\n"
-        f"domain: {DOMAIN}\n"
-        "descriptors:\n"
-        f"{block}"
-        "  - key: generic_key\n"
-        "    value: product\n"
-        "    descriptors:\n"
-        f"{nested}"
-    )
-
-
-def request_bytes(user: str, descriptors: int) -> bytes:
-    """A serialized RateLimitRequest touching 1 or 2 counters of ``user``."""
-    entries = [api.RateLimitDescriptor(entries=[{"key": "user", "value": user}])]
-    if descriptors == 2:
-        entries.append(
-            api.RateLimitDescriptor(
-                entries=[{"key": "generic_key", "value": "product"}, {"key": "user", "value": user}]
-            )
-        )
-    return bytes(api.RateLimitRequest(domain=DOMAIN, descriptors=entries).SerializeToString())
-
-
-def grpc_frame(message: bytes) -> bytes:
-    """A length-prefixed gRPC message (uncompressed), as h2load sends it with ``-d``."""
-    return b"\x00" + len(message).to_bytes(4, "big") + message
-
-
-def user_names(users: int, over_share: float, nonce: str) -> list[str]:
-    """``users`` names; the first ``over_share`` of them are ``tiny-*`` (tiny limit)."""
-    tiny = round(users * over_share)
-    if over_share > 0:
-        tiny = max(tiny, 1)
-    return [
-        (f"tiny-{nonce}-{n}" if n < tiny else f"user-{nonce}-{n}") for n in range(max(users, 1))
-    ]
-
-
-# --- processes ----------------------------------------------------------------------
-
-
-class Processes:
-    """Every process this driver started; each is stopped by its own pid on exit."""
-
-    def __init__(self) -> None:
-        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                list(argv),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches the driver only; it stops the rest
-            )
-        self._procs.append((name, proc))
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-        self._procs = [(n, p) for n, p in self._procs if p is not proc]
-
-    def stop_all(self) -> None:
-        for _, proc in reversed(list(self._procs)):
-            self.stop(proc)
-
-
-async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
-    """Wait for ``proc`` without a thread (a pidfd on the loop), so cancelling is immediate."""
-    if proc.poll() is None:
-        loop = asyncio.get_running_loop()
-        exited = asyncio.Event()
-        pidfd = os.pidfd_open(proc.pid)
-        loop.add_reader(pidfd, exited.set)
-        try:
-            await exited.wait()
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-    return proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """utime+stime of ``root`` and all its live descendants (all threads), in seconds."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        pid = int(entry)
-        parents[pid] = int(fields[1])
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in tree:
-                tree.add(pid)
-                frontier.append(pid)
-    return sum(ticks.get(pid, 0) for pid in tree) / CLK_TCK
-
-
-def self_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
-def children_cpu_seconds() -> float:
-    """CPU of this process's reaped children (h2load processes, once waited for)."""
-    times = os.times()
-    return times.children_user + times.children_system
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs spent busy (not idle, not iowait) since boot, from /proc/stat."""
-    with open("/proc/stat") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"server exited with {proc.returncode} before ready:\n{tail}")
-        try:
-            status, body = http_get(url)
-            if status == 200:
-                return
-            last = f"{status} {body.decode(errors='replace')[:300]}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f}s: {last}")
-
-
-def wait_grpc_ready(target: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"server exited with {proc.returncode} before ready:\n{tail}")
-        with grpc.insecure_channel(target) as channel:
-            try:
-                grpc.channel_ready_future(channel).result(timeout=0.5)
-                return
-            except grpc.FutureTimeoutError:
-                continue
-    raise RuntimeError(f"{target} not accepting gRPC after {timeout:.0f}s")
-
-
-_SAMPLE = re.compile(r"^(mixerless_[a-z_]+)\{([^}]*)\}\s+([0-9.eE+-]+)$")
-
-
-def scrape(metrics_url: str | None, service: str = "ratelimit") -> Counter[str]:
-    """Counters from ``/metrics``: ``result|<result>`` (of ``service``), ``hits|<outcome>``,
-    ``backend_errors``."""
-    found: Counter[str] = Counter()
-    if metrics_url is None:
-        return found
-    _, body = http_get(metrics_url, timeout=5.0)
-    for line in body.decode().splitlines():
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        name, labels, value = match.groups()
-        if name == "mixerless_rpc_requests_total" and f'service="{service}"' in labels:
-            result = re.search(r'result="([^"]+)"', labels)
-            found[f"result|{result.group(1) if result else '?'}"] += int(float(value))
-        elif name == "mixerless_ratelimit_hits_total":
-            outcome = re.search(r'outcome="([^"]+)"', labels)
-            found[f"hits|{outcome.group(1) if outcome else '?'}"] += int(float(value))
-        elif name == "mixerless_backend_errors_total":
-            found["backend_errors"] += int(float(value))
-    return found
-
-
-async def wait_for_idle(wait_idle: float, idle_below: float) -> float:
-    """Wait (up to ``wait_idle`` s) until the machine uses < ``idle_below`` cores; return the
-    last 1 s busy figure."""
-    started = time.monotonic()
-    busy = float("nan")
-    while time.monotonic() - started < wait_idle:
-        before = machine_busy_seconds()
-        await asyncio.sleep(1.0)
-        busy = machine_busy_seconds() - before
-        if busy < idle_below:
-            break
-    else:
-        if wait_idle > 0:
-            print(f"  machine still busy ({busy:.2f} cores) after {wait_idle:g}s: running")
-    return busy
-
-
-def log_problems(log: Path, ignore: Iterable[str] = ("counting in memory",)) -> list[str]:
-    """Error, warning and traceback lines of a server log, except those containing ``ignore``."""
-    lines = log.read_text(errors="replace").splitlines()
-    skip = tuple(ignore)
-    bad = [
-        line[:300]
-        for line in lines
-        if any(word in line.lower() for word in ("error", "warning", "traceback", "exception"))
-        and not any(text in line for text in skip)
-    ]
-    if bad:
-        print(f"  server log {log.name}: {len(bad)} problem line(s), first: {bad[0][:200]}")
-    return bad[:20]
-
 
 # --- correctness check before every run ------------------------------------------------
 
@@ -360,192 +98,7 @@ def preflight(target: str, descriptors: int, tiny_limit: int, nonce: str) -> lis
     return checked
 
 
-# --- load generators -------------------------------------------------------------------
-
-
-@dataclass
-class Window:
-    """The measured interval, in epoch seconds (after warm-up)."""
-
-    start: float = 0.0
-    end: float = 0.0
-
-
-@dataclass
-class GenResult:
-    completed: int = 0  # requests that started inside the window and completed
-    latencies_us: list[float] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
-    codes: Counter[str] = field(default_factory=Counter)
-    notes: list[str] = field(default_factory=list)
-    cpu_cores: float | None = None  # the generator's own CPU, when measured by itself
-
-
-def classify_rls_response(response: bytes) -> str | None:
-    """``OK`` / ``OVER_LIMIT`` from a serialized RateLimitResponse's first bytes; None otherwise."""
-    head = response[:2]
-    if head == RESPONSE_OK:
-        return "OK"
-    if head == RESPONSE_OVER:
-        return "OVER_LIMIT"
-    return None
-
-
-async def python_generator(
-    target: str,
-    payloads: Sequence[bytes],
-    connections: int,
-    concurrency: int,
-    window: Window,
-    stop_at: float,
-    method: str = METHOD,
-    classify: Callable[[bytes], str | None] = classify_rls_response,
-) -> GenResult:
-    """``connections`` channels x ``concurrency`` tasks, raw bytes through a generic call.
-
-    ``classify`` names each response (counted in ``codes``); None counts as an error."""
-    result = GenResult()
-    latencies = result.latencies_us
-    errors, codes = result.errors, result.codes
-    channels = [
-        grpc.aio.insecure_channel(
-            target,
-            options=[("grpc.use_local_subchannel_pool", 1)],  # one TCP conn each
-        )
-        for _ in range(connections)
-    ]
-    try:
-        for channel in channels:
-            await asyncio.wait_for(channel.channel_ready(), 10)
-        count = len(payloads)
-
-        async def worker(call: Any, offset: int, stride: int) -> None:
-            index = offset
-            clock, wall = time.perf_counter, time.time
-            while True:
-                started_wall = wall()
-                if started_wall >= stop_at:
-                    return
-                payload = payloads[index % count]
-                index += stride
-                started = clock()
-                try:
-                    response = await call(payload, timeout=5)
-                except grpc.aio.AioRpcError as exc:
-                    if window.start <= started_wall < window.end:
-                        errors[exc.code().name] += 1
-                    continue
-                elapsed = clock() - started
-                if not window.start <= started_wall < window.end:
-                    continue
-                latencies.append(elapsed * 1e6)
-                kind = classify(response)
-                if kind is None:
-                    errors["unexpected_response"] += 1
-                else:
-                    codes[kind] += 1
-
-        stride = connections * concurrency
-        tasks = [
-            worker(channels[c].unary_unary(method), c * concurrency + t, stride)
-            for c in range(connections)
-            for t in range(concurrency)
-        ]
-        await asyncio.gather(*tasks)
-    finally:
-        for channel in channels:
-            await channel.close()
-    result.completed = len(latencies)
-    return result
-
-
-_H2_REQUESTS = re.compile(
-    r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-    r"(\d+) errored, (\d+) timeout"
-)
-_H2_FINISHED = re.compile(r"finished in ([0-9.]+)(m?s), ([0-9.]+) req/s")
-
-
-async def h2load_generator(
-    target: str,
-    bodies: Sequence[Path],
-    connections: int,
-    concurrency: int,
-    warmup: float,
-    duration: float,
-    window: Window,
-    workdir: Path,
-    procs: Processes,
-    method: str = METHOD,
-) -> GenResult:
-    """One h2load process per body file (h2load sends one body per process), connections split."""
-    result = GenResult()
-    share = [
-        connections // len(bodies) + (1 if i < connections % len(bodies) else 0)
-        for i in range(len(bodies))
-    ]
-    runs: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
-    cpu_before, wall_before = children_cpu_seconds(), time.monotonic()
-    for index, (body, conns) in enumerate(zip(bodies, share, strict=True)):
-        log = workdir / f"h2load-{index}.log"
-        out = workdir / f"h2load-{index}.out"
-        argv = [
-            "h2load",
-            *("-D", f"{duration:g}", f"--warm-up-time={warmup:g}"),
-            *("-c", str(conns), "-m", str(concurrency), "-t", "1", "-d", str(body)),
-            *("-H", "content-type: application/grpc", "-H", "te: trailers"),
-            f"--log-file={log}",
-            f"http://{target}{method}",
-        ]
-        runs.append((procs.start("h2load", argv, out), log, out))
-    try:
-        for proc, _, out in runs:
-            if await wait_exit(proc) != 0:
-                tail = out.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"h2load exited {proc.returncode}:\n{tail}")
-    finally:
-        for proc, _, _ in runs:
-            procs.stop(proc)
-    # h2load's CPU over its whole life (warm-up included): reaped children only count here.
-    result.cpu_cores = (children_cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
-    start_us, end_us = window.start * 1e6, window.end * 1e6
-    h2_rps = 0.0
-    for _, log, out in runs:
-        text = out.read_text(errors="replace")
-        found = _H2_REQUESTS.search(text)
-        finished = _H2_FINISHED.search(text)
-        if found is None or finished is None:
-            raise RuntimeError(f"cannot parse h2load output:\n{text[-2000:]}")
-        _, _, _, _, failed, errored, timeout = (int(g) for g in found.groups())
-        result.errors["h2load_failed"] += failed
-        result.errors["h2load_errored"] += errored
-        result.errors["h2load_timeout"] += timeout
-        h2_rps += float(finished.group(3))
-        with log.open() as lines:
-            for line in lines:
-                parts = line.split("\t")
-                if len(parts) < 3:
-                    continue
-                started = float(parts[0])
-                if not start_us <= started < end_us:
-                    continue
-                if parts[1] != "200":
-                    result.errors[f"http_{parts[1]}"] += 1
-                    continue
-                result.latencies_us.append(float(parts[2]))
-    result.completed = len(result.latencies_us)
-    result.notes.append(f"h2load's own req/s (sum of processes): {h2_rps:.0f}")
-    return result
-
-
 # --- one run -------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    rank = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[rank]
 
 
 @dataclass
@@ -593,192 +146,80 @@ class Config:
     idle_below: float
 
 
-class Bench:
+class RlsBench(Bench):
+    log_ignore = ("counting in memory",)
+
     def __init__(self, config: Config, procs: Processes, workdir: Path) -> None:
-        self.config = config
-        self.procs = procs
-        self.workdir = workdir
-        self.redis_pid: int | None = None
-        self.redis_url: str | None = None
+        super().__init__(config, procs, workdir)
+        self.config: Config = config
+        self.redis = RedisServer()
+        self.nonce = ""
 
-    def start_redis(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        port = free_port()
-        argv = [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ]
-        proc = self.procs.start("redis", argv, self.workdir / "redis.log")
-        self.redis_pid, self.redis_url = proc.pid, f"redis://127.0.0.1:{port}"
-        import redis
+    def begin_run(self, run: int) -> None:
+        self.nonce = f"{os.getpid()}x{run}x{int(time.time())}"
+        if self.config.target is None:
+            self.redis.flush()
 
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-
-    def flush_redis(self) -> None:
-        if self.redis_url is None:
-            return
-        import redis
-
-        client = redis.Redis.from_url(self.redis_url)
-        client.flushall()
-        client.close()
-
-    def start_server(self, run: int) -> tuple[subprocess.Popen[bytes], str, str | None, Path]:
+    def start_server(self, run: int) -> Server:
         """Start mixerless (or the no-op baseline) on free ports; return once it answers."""
-        grpc_port, http_port = free_port(), free_port()
         log = self.workdir / f"server-{run}.log"
         if self.config.server == "noop":
-            argv = [
-                sys.executable,
-                str(HERE / "noop_server.py"),
-                "--service",
-                "rls",
-                "--port",
-                str(grpc_port),
-            ]
-            proc = self.procs.start("noop", argv, log)
-            wait_grpc_ready(f"127.0.0.1:{grpc_port}", proc, log, timeout=30)
-            return proc, f"127.0.0.1:{grpc_port}", None, log
+            return start_noop_server(self.procs, "rls", log)
         policies = self.workdir / "policies"
         policies.mkdir(exist_ok=True)
         (policies / "edge.yaml").write_text(
             policy_yaml(self.config.user_limit, self.config.tiny_limit)
         )
-        binary = shutil.which("mixerless", path=str(Path(sys.executable).parent)) or "mixerless"
-        argv = [
-            *(binary, "serve", "--policies", str(policies), "--host", "127.0.0.1"),
-            *("--ratelimit-port", str(grpc_port), "--http-port", str(http_port)),
+        grpc_port = free_port()
+        serve = [
+            *("--policies", str(policies), "--ratelimit-port", str(grpc_port)),
             *("--local-cache-size", str(self.config.local_cache_size)),
         ]
         if self.config.store == "redis":
-            assert self.redis_url is not None
-            argv += ["--redis", self.redis_url]
-        proc = self.procs.start("mixerless", argv, log)
-        wait_ready(f"http://127.0.0.1:{http_port}/readyz", proc, log, timeout=30)
-        return proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}/metrics", log
+            assert self.redis.url is not None
+            serve += ["--redis", self.redis.url]
+        return start_mixerless(self.procs, serve, grpc_port, log)
 
-    async def wait_idle(self) -> float:
-        """Wait (up to ``--wait-idle`` s) until other processes use < ``--idle-below`` cores."""
-        return await wait_for_idle(self.config.wait_idle, self.config.idle_below)
-
-    async def run_once(self, run: int) -> RunResult:
+    def check_server(self, target: str) -> list[str]:
+        if self.config.server == "noop":
+            return ["skipped: the no-op baseline answers OK to everything"]
         config = self.config
-        idle_before = await self.wait_idle()
-        nonce = f"{os.getpid()}x{run}x{int(time.time())}"
-        server: subprocess.Popen[bytes] | None = None
-        server_log: Path | None = None
-        server_pid: int | None
-        if config.target is None:
-            self.flush_redis()
-            started, target, metrics_url, server_log = await asyncio.to_thread(
-                self.start_server, run
-            )
-            server, server_pid = started, started.pid
-        else:
-            target, metrics_url = config.target, config.metrics_url
-            server_pid = config.server_pid
-        try:
-            if config.server == "noop":
-                checked = ["skipped: the no-op baseline answers OK to everything"]
-            else:
-                checked = await asyncio.to_thread(
-                    preflight, target, config.descriptors, config.tiny_limit, nonce
-                )
-            result = await self._drive(run, nonce, target, metrics_url, server_pid, checked)
-            result.detail["busy_cores_before_run"] = idle_before
-        finally:
-            if server is not None:
-                await asyncio.to_thread(self.procs.stop, server)
-        if server_log is not None:
-            result.detail["server_log_problems"] = self._log_problems(server_log)
-        return result
+        return preflight(target, config.descriptors, config.tiny_limit, self.nonce)
 
-    def _log_problems(self, log: Path) -> list[str]:
-        """Error, warning (other than the in-memory notice) and traceback lines of a run."""
-        return log_problems(log)
-
-    async def _drive(
-        self,
-        run: int,
-        nonce: str,
-        target: str,
-        metrics_url: str | None,
-        server_pid: int | None,
-        checked: list[str],
-    ) -> RunResult:
+    def generator(self, run: int, target: str, window: Window) -> Coroutine[Any, Any, GenResult]:
         config = self.config
-        names = user_names(config.users, config.over_limit_share, nonce)
-        window = Window()
-        begin = time.time()
-        window.start = begin + config.warmup
-        window.end = window.start + config.duration
+        names = user_names(config.users, config.over_limit_share, self.nonce)
         if config.generator == "python":
             order = list(names)
             random.Random(run).shuffle(order)
             payloads = [request_bytes(name, config.descriptors) for name in order]
-            generator = asyncio.create_task(
-                python_generator(
-                    target,
-                    payloads,
-                    config.connections,
-                    config.concurrency,
-                    window,
-                    stop_at=window.end + 0.2,
-                )
+            return python_generator(
+                target,
+                payloads,
+                config.connections,
+                config.concurrency,
+                window,
+                stop_at=window.end + 0.2,
+                method=METHOD,
+                classify=classify_rls_response,
             )
-        else:
-            bodies = []
-            variants = self._h2load_users(names)
-            for index, name in enumerate(variants):
-                body = self.workdir / f"request-{index}.grpcframe"
-                body.write_bytes(grpc_frame(request_bytes(name, config.descriptors)))
-                bodies.append(body)
-            generator = asyncio.create_task(
-                h2load_generator(
-                    target,
-                    bodies,
-                    config.connections,
-                    config.concurrency,
-                    config.warmup,
-                    config.duration,
-                    window,
-                    self.workdir,
-                    self.procs,
-                )
-            )
-        try:
-            await asyncio.sleep(max(0.0, window.start - time.time()))
-            before = await asyncio.to_thread(self._sample, server_pid, metrics_url)
-            await asyncio.sleep(max(0.0, window.end - time.time()))
-            after = await asyncio.to_thread(self._sample, server_pid, metrics_url)
-            outcome = await generator
-        finally:
-            if not generator.done():
-                generator.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await generator
-        return self._summarise(before, after, outcome, checked)
+        bodies = []
+        for index, name in enumerate(self._h2load_users(names)):
+            body = self.workdir / f"request-{index}.grpcframe"
+            body.write_bytes(grpc_frame(request_bytes(name, config.descriptors)))
+            bodies.append(body)
+        return h2load_generator(
+            target,
+            bodies,
+            config.connections,
+            config.concurrency,
+            config.warmup,
+            config.duration,
+            window,
+            self.workdir,
+            self.procs,
+            method=METHOD,
+        )
 
     def _h2load_users(self, names: list[str]) -> list[str]:
         """One user per h2load process; ``over_limit_share`` of them are tiny-* users."""
@@ -793,43 +234,17 @@ class Bench:
         chosen += [user_list[(i * step) % len(user_list)] for i in range(variants - tiny)]
         return chosen
 
-    def _sample(self, server_pid: int | None, metrics_url: str | None) -> dict[str, Any]:
+    def sample(self, server_pid: int | None) -> dict[str, Any]:
         return {
-            "wall": time.time(),
-            "server_cpu": tree_cpu_seconds(server_pid) if server_pid else float("nan"),
-            "redis_cpu": tree_cpu_seconds(self.redis_pid) if self.redis_pid else 0.0,
-            "self_cpu": self_cpu_seconds(),
-            "machine_busy": machine_busy_seconds(),
-            "metrics": scrape(metrics_url),
-            "redis_commands": self._redis_commands(),
+            "redis_cpu": tree_cpu_seconds(self.redis.pid) if self.redis.pid else 0.0,
+            "redis_commands": self.redis.command_calls(),
         }
 
-    def _redis_commands(self) -> Counter[str]:
-        """Calls per command on our redis-server (``INFO commandstats``), to see batching."""
-        found: Counter[str] = Counter()
-        if self.redis_url is None:
-            return found
-        import redis
-
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            for name, stats in client.info("commandstats").items():
-                found[name.removeprefix("cmdstat_")] = int(stats["calls"])
-        finally:
-            client.close()
-        return found
-
-    def _summarise(
-        self,
-        before: dict[str, Any],
-        after: dict[str, Any],
-        outcome: GenResult,
-        checked: list[str],
-    ) -> RunResult:
-        wall = after["wall"] - before["wall"]
-        metrics: Counter[str] = after["metrics"] - before["metrics"]
-        redis_commands: Counter[str] = after["redis_commands"] - before["redis_commands"]
+    def summarise(self, measured: Measured, checked: list[str]) -> RunResult:
+        wall, metrics, outcome = measured.wall, measured.metrics, measured.outcome
+        redis_commands: Counter[str] = measured.delta("redis_commands")
         redis_commands.pop("info", None)
+        redis_cores = measured.delta("redis_cpu") / wall
         decisions = metrics["result|ok"] + metrics["result|over_limit"]
         server_errors = (
             sum(
@@ -839,21 +254,6 @@ class Bench:
             )
             + metrics["backend_errors"]
         )
-        server_cpu = after["server_cpu"] - before["server_cpu"]
-        if outcome.cpu_cores is not None:
-            generator_cores = outcome.cpu_cores
-        else:
-            generator_cores = (after["self_cpu"] - before["self_cpu"]) / wall
-        latencies = sorted(outcome.latencies_us)
-        ours = (
-            server_cpu / wall
-            + (after["redis_cpu"] - before["redis_cpu"]) / wall
-            + (after["self_cpu"] - before["self_cpu"]) / wall
-            + (generator_cores if outcome.cpu_cores is not None else 0.0)
-        )
-        other_cores = max(0.0, (after["machine_busy"] - before["machine_busy"]) / wall - ours)
-        window_s = self.config.duration
-        rps = outcome.completed / window_s
         if decisions:
             over_share = metrics["result|over_limit"] / decisions
         elif outcome.codes:
@@ -861,21 +261,14 @@ class Bench:
         else:
             over_share = float("nan")
         return RunResult(
-            rps=rps,
-            p50_ms=percentile(latencies, 0.50) / 1000,
-            p90_ms=percentile(latencies, 0.90) / 1000,
-            p99_ms=percentile(latencies, 0.99) / 1000,
-            max_ms=(latencies[-1] / 1000) if latencies else float("nan"),
+            **measured.figures(self.config.duration, extra_cores=redis_cores),
             errors=sum(outcome.errors.values()),
             server_errors=server_errors,
-            server_cores=server_cpu / wall,
-            server_us_per_decision=(server_cpu / (decisions or outcome.completed or 1)) * 1e6,
-            redis_cores=(after["redis_cpu"] - before["redis_cpu"]) / wall,
-            generator_cores=generator_cores,
-            other_cores=other_cores,
+            server_us_per_decision=(measured.server_cpu / (decisions or outcome.completed or 1))
+            * 1e6,
+            redis_cores=redis_cores,
             over_limit_share=over_share,
             local_cache_hits=metrics["hits|over_limit_with_local_cache"],
-            window_s=wall,
             detail={
                 "server_decisions_in_window": decisions,
                 "server_decisions_per_s": decisions / wall if wall else 0.0,
@@ -898,39 +291,6 @@ class Bench:
 
 # --- reporting -------------------------------------------------------------------------
 
-
-def versions() -> dict[str, str]:
-    import redis
-    from google.protobuf import __version__ as protobuf_version
-
-    from services import __version__
-
-    def command(argv: list[str]) -> str:
-        if shutil.which(argv[0]) is None:
-            return "not installed"
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        return (done.stdout or done.stderr).strip().splitlines()[0]
-
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "mixerless": __version__,
-        "python": platform.python_version(),
-        "grpcio": grpc.__version__,
-        "protobuf": protobuf_version,
-        "redis-py": redis.__version__,
-        "redis-server": command(["redis-server", "--version"]),
-        "h2load": command(["h2load", "--version"]),
-        "kernel": platform.release(),
-        "cpus": str(os.cpu_count()),
-        "cpu_model": model,
-    }
-
-
 COLUMNS = [
     ("run", 6),
     ("dec/s", 8),
@@ -948,15 +308,6 @@ COLUMNS = [
     ("over%", 6),
     ("lc hits", 8),
 ]
-
-
-def table_line(values: Sequence[str], columns: Sequence[tuple[str, int]] = COLUMNS) -> str:
-    """One line of a right-aligned text table; ``columns`` are (title, width)."""
-    return "  ".join(v.rjust(w) for v, (_, w) in zip(values, columns, strict=True))
-
-
-def table_header(columns: Sequence[tuple[str, int]] = COLUMNS) -> str:
-    return "  ".join(name.rjust(width) for name, width in columns)
 
 
 def row(name: str, r: dict[str, Any]) -> str:
@@ -977,7 +328,7 @@ def row(name: str, r: dict[str, Any]) -> str:
         f"{100 * r['over_limit_share']:.1f}",
         str(int(r["local_cache_hits"])),
     ]
-    return table_line(values)
+    return table_line(values, COLUMNS)
 
 
 NUMERIC = [
@@ -999,59 +350,7 @@ NUMERIC = [
 ]
 
 
-def median_of(
-    runs: Sequence[Any],
-    numeric: Sequence[str] = NUMERIC,
-    summed: Sequence[str] = ("errors", "server_errors"),
-) -> dict[str, Any]:
-    """Median of each ``numeric`` figure over the runs; ``summed`` ones (errors: any error
-    matters) are added up instead."""
-    merged: dict[str, Any] = {}
-    for name in numeric:
-        values = [float(getattr(r, name)) for r in runs]
-        merged[name] = sum(values) if name in summed else statistics.median(values)
-    merged["rps_runs"] = [round(r.rps) for r in runs]
-    return merged
-
-
 # --- command line ------------------------------------------------------------------------
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every load driver here shares: run length and shape, idle waiting,
-    where results go. (check_load.py adds these too.)"""
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    parser.add_argument("--runs", type=int, default=3, help="runs; the median is reported")
-    parser.add_argument(
-        "--connections",
-        type=int,
-        default=4,
-        help="HTTP/2 connections (h2load -c; python: channels)",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=8,
-        help="streams in flight per connection (h2load -m; python: tasks per channel)",
-    )
-    parser.add_argument("--metrics-url", help="with --target: its /metrics URL")
-    parser.add_argument("--server-pid", type=int, help="with --target: its pid, for CPU figures")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        help="before each run, wait up to this many seconds for the machine to be idle (0: off)",
-    )
-    parser.add_argument(
-        "--idle-below",
-        type=float,
-        default=0.25,
-        help="'idle': all processes together use fewer cores than this over 1 s",
-    )
-    parser.add_argument("--label", default="", help="name of this configuration in the results")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the temp directory")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1167,35 +466,12 @@ def config_from(args: argparse.Namespace) -> Config:
     )
 
 
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C, so every ``finally`` runs and children are stopped."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 async def bench_main(config: Config, procs: Processes, workdir: Path) -> list[RunResult]:
-    bench = Bench(config, procs, workdir)
+    bench = RlsBench(config, procs, workdir)
     if config.target is None and config.store == "redis":
-        await asyncio.to_thread(bench.start_redis)
-    results = []
-    print(
-        f"# {config.label}: {config.generator}, {config.connections} conns x "
-        f"{config.concurrency} streams, {config.duration:g}s (+{config.warmup:g}s warm-up)"
-    )
-    print(table_header())
-    for run in range(1, 1 + config.runs):
-        result = await bench.run_once(run)
-        results.append(result)
-        print(row(str(run), asdict(result)), flush=True)
-    return results
+        await asyncio.to_thread(bench.redis.start, procs, workdir / "redis.log")
+    print_title(config, COLUMNS)
+    return await measure_runs(bench, config.runs, row)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1204,40 +480,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(policy_yaml(args.user_limit, args.tiny_limit), end="")
         return 0
     config = config_from(args)
-    procs = Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="rls_load-"))
-    failed = True
-    try:
-        with terminate_on_sigterm():
-            results = asyncio.run(bench_main(config, procs, workdir))
-        failed = False
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (RuntimeError, AssertionError, OSError, grpc.RpcError) as exc:
-        print(f"rls_load: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        procs.stop_all()
-        if args.keep_logs or failed:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    median = median_of(results)
+    results = run_driver(
+        "rls_load", lambda procs, workdir: bench_main(config, procs, workdir), args.keep_logs
+    )
+    if isinstance(results, int):
+        return results
+    median = median_of(results, NUMERIC)
     print(row("median", median))
-    line = {
-        "ts": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "label": config.label,
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "config": asdict(config),
-        "median": median,
-        "runs": [asdict(r) for r in results],
-        "versions": versions(),
-    }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with args.results.open("a") as out:
-        out.write(json.dumps(line, default=str) + "\n")
-    print(f"appended to {args.results}")
+    line = result_line(
+        label=config.label,
+        argv=argv,
+        config=config,
+        median=median,
+        runs=results,
+        versions=versions(),
+    )
+    append_result(args.results, line)
     errors = median["errors"] + median["server_errors"]
     return 0 if errors == 0 else 3
 
