@@ -4,50 +4,15 @@ These are made per request, so they are immutable ``NamedTuple``s: as cheap to b
 a plain class (a frozen dataclass costs about twice as much, measured), and read-only.
 
 Every stage (``stages.py``) returns either a ``Denial`` (a final answer) or what it
-adds: ``Effects`` (header, query and metadata changes an allowed request carries) and,
-from the JWT stage, the verified identity. RBAC ends an allowed request with a
-``Verdict``. ``answer`` turns the last of these into the ``Decision``.
+adds: ``Effects`` (``model.py``: header, query and metadata changes an allowed request
+carries) and, from the JWT stage, the ``JwtResult`` with the verified identity. RBAC
+ends an allowed request with a ``Verdict``. ``answer`` turns the last of these into the
+``Decision``.
 """
 
 from typing import NamedTuple
 
-from services.authz.model import Decision, DynamicMetadata, Header, Reason
-
-
-class Effects(NamedTuple):
-    """What an allowed request carries: header and query changes, dynamic metadata.
-
-    Accumulated by value, stage after stage (``plus``): later stages' header changes
-    follow earlier ones, and their metadata keys win.
-    """
-
-    upstream: tuple[Header, ...] = ()  # set on the request to the upstream
-    upstream_remove: tuple[str, ...] = ()
-    downstream: tuple[Header, ...] = ()  # set on the response to the client
-    query_set: tuple[Header, ...] = ()
-    query_remove: tuple[str, ...] = ()
-    metadata: DynamicMetadata | None = None
-
-    def plus(self, later: "Effects") -> "Effects":
-        """These effects followed by ``later``'s."""
-        if later is NO_EFFECTS:
-            return self
-        if self is NO_EFFECTS:
-            return later
-        metadata = self.metadata
-        if later.metadata is not None:
-            metadata = later.metadata if metadata is None else metadata.merged(later.metadata)
-        return Effects(
-            self.upstream + later.upstream,
-            self.upstream_remove + later.upstream_remove,
-            self.downstream + later.downstream,
-            self.query_set + later.query_set,
-            self.query_remove + later.query_remove,
-            metadata,
-        )
-
-
-NO_EFFECTS = Effects()
+from services.authz.model import NO_EFFECTS, Decision, Effects, Header, Reason
 
 
 class Denial(NamedTuple):

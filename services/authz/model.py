@@ -8,7 +8,7 @@ these types and nothing from gRPC.
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 Header = tuple[str, str]
 
@@ -91,6 +91,42 @@ class DynamicMetadata(Mapping[str, Any]):
     def merged(self, other: Mapping[str, Any]) -> "DynamicMetadata":
         """A new object with ``other``'s keys over these (its encoding made afresh)."""
         return DynamicMetadata({**self._values, **other})
+
+
+class Effects(NamedTuple):
+    """What an allowed request carries: header and query changes, dynamic metadata.
+
+    Accumulated by value, stage after stage (``plus``): later stages' header changes
+    follow earlier ones, and their metadata keys win.
+    """
+
+    upstream: tuple[Header, ...] = ()  # set on the request to the upstream
+    upstream_remove: tuple[str, ...] = ()
+    downstream: tuple[Header, ...] = ()  # set on the response to the client
+    query_set: tuple[Header, ...] = ()
+    query_remove: tuple[str, ...] = ()
+    metadata: DynamicMetadata | None = None
+
+    def plus(self, later: "Effects") -> "Effects":
+        """These effects followed by ``later``'s."""
+        if later is NO_EFFECTS:
+            return self
+        if self is NO_EFFECTS:
+            return later
+        metadata = self.metadata
+        if later.metadata is not None:
+            metadata = later.metadata if metadata is None else metadata.merged(later.metadata)
+        return Effects(
+            self.upstream + later.upstream,
+            self.upstream_remove + later.upstream_remove,
+            self.downstream + later.downstream,
+            self.query_set + later.query_set,
+            self.query_remove + later.query_remove,
+            metadata,
+        )
+
+
+NO_EFFECTS = Effects()
 
 
 @dataclass(frozen=True, slots=True)

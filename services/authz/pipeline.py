@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import structlog
 
 from services.authz import decide, stages
-from services.authz.answer import NO_EFFECTS, Denial, Effects, Verdict, answer
+from services.authz.answer import Denial, Verdict, answer
+from services.authz.jwt.result import JwtResult
 from services.authz.mesh_config import MeshSettings
-from services.authz.model import CheckInput, Decision
+from services.authz.model import NO_EFFECTS, CheckInput, Decision, Effects
 from services.authz.plan import WorkloadPlan
-from services.authz.stages import Authenticated, Normalized, Seams
+from services.authz.stages import Normalized, Seams
 
 log = structlog.get_logger("mixerless.authz")
 
@@ -27,7 +28,7 @@ class Trace:
     plan: WorkloadPlan | None = None
     normalized: Normalized | Denial | None = None
     custom: Effects | Denial | None = None
-    jwt: Authenticated | Denial | None = None
+    jwt: JwtResult | Denial | None = None
     rbac: Verdict | Denial | None = None
 
 
@@ -55,15 +56,14 @@ async def run(
     if isinstance(effects, Denial):
         return answer(effects)
 
-    authenticated = await stages.authenticate(plan, normalized.check.request, seams.jwt)
+    token = await stages.authenticate(plan, normalized.check.request, seams.jwt)
     if trace is not None:
-        trace.jwt = authenticated
-    if isinstance(authenticated, Denial):
-        return answer(authenticated)
-    effects = effects.plus(authenticated.effects)
+        trace.jwt = token
+    if isinstance(token, Denial):
+        return answer(token)
+    effects = effects.plus(token.effects)
     attributes = normalized.attributes
-    token = authenticated.token
-    if token is not None:
+    if token.status == "ok":
         attributes.issuer = token.issuer
         attributes.subject = token.subject
         attributes.claims = token.claims

@@ -17,13 +17,21 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 from services.authz import decide
-from services.authz.answer import NO_EFFECTS, Denial, Effects
+from services.authz.answer import Denial
 from services.authz.attributes import Attributes, HeaderValues
 from services.authz.client_address import trusted_client_address
 from services.authz.jwt.plan import JwtPlan
-from services.authz.jwt.result import JwtResult
+from services.authz.jwt.result import NO_RULES, JwtResult
 from services.authz.mesh_config import MeshSettings
-from services.authz.model import RBAC_DENIED, CheckInput, DynamicMetadata, HttpRequest, Reason
+from services.authz.model import (
+    NO_EFFECTS,
+    RBAC_DENIED,
+    CheckInput,
+    DynamicMetadata,
+    Effects,
+    HttpRequest,
+    Reason,
+)
 from services.authz.paths import InvalidPathError, full_path_with_query
 from services.authz.plan import WorkloadPlan
 from services.authz.providers.client import AuthzProviderClient, ProviderDecision
@@ -58,16 +66,6 @@ class Normalized(NamedTuple):
 
     check: CheckInput
     attributes: Attributes
-
-
-class Authenticated(NamedTuple):
-    """The JWT stage let the request on: what it changes, and the verified token if any."""
-
-    effects: Effects = NO_EFFECTS
-    token: JwtResult | None = None  # status "ok": issuer, subject and claims are known
-
-
-ANONYMOUS = Authenticated()
 
 
 def normalize(check: CheckInput, mesh: MeshSettings) -> Denial | Normalized:
@@ -155,28 +153,17 @@ def _provider_effects(decision: ProviderDecision) -> Effects:
 
 async def authenticate(
     plan: WorkloadPlan, request: HttpRequest, authenticator: Authenticator
-) -> Denial | Authenticated:
-    """The JWT step: a bad token is final; a good one adds its header changes, metadata
-    and identity; no token adds only the removal of client-sent output headers."""
+) -> Denial | JwtResult:
+    """The JWT step: a bad token is final; otherwise the result goes on, carrying its
+    ``effects`` (a good token's header changes and metadata, or, with no token, the
+    removal of client-sent output headers) and the verified identity when ``ok``."""
     if not plan.jwt_rules or _cors_preflight(request):
-        return ANONYMOUS
+        return NO_RULES
     result = await authenticator.authenticate(plan.jwt, request)
     if result.status == "invalid":
         reason = Reason("jwt", detail=result.body)
         return Denial(result.http_status, result.body, reason, tuple(result.response_headers))
-    # Output headers a client sent itself are removed whether or not it sent a token,
-    # so the upstream can trust them (Envoy's jwt_authn does the same).
-    if result.status == "ok":
-        effects = Effects(
-            upstream=result.headers_to_add,
-            upstream_remove=result.headers_to_remove,
-            query_remove=result.query_params_to_remove,
-            metadata=result.metadata,
-        )
-        return Authenticated(effects, result)
-    if result.headers_to_remove:
-        return Authenticated(Effects(upstream_remove=result.headers_to_remove))
-    return ANONYMOUS
+    return result
 
 
 def _cors_preflight(request: HttpRequest) -> bool:

@@ -2,19 +2,20 @@
 
 **Applying a result to an ext_authz response:** Envoy applies ``headers_to_remove``
 *after* the added headers, so ``headers_to_remove`` never names a header that
-``headers_to_add`` sets; send ``headers_to_add`` with ``OVERWRITE_IF_EXISTS_OR_ADD``
-so they replace client copies. ``headers_to_remove`` also matters for
-``status="missing"``. ``metadata`` (set when ``status="ok"``) is the CheckResponse's
-``dynamic_metadata`` for the token; it is one object per verified token, shared by
-every request that presents it, so hand it on as it is.
+``headers_to_add`` sets; send ``headers_to_add`` with ``OVERWRITE_IF_EXISTS_OR_ADD`` so
+they replace client copies. ``headers_to_remove`` also matters for ``status="missing"``;
+``effects`` holds them as the pipeline applies them. ``metadata`` (set when
+``status="ok"``) is the CheckResponse's ``dynamic_metadata`` for the token; it is one
+object per verified token, shared by every request that presents it, so hand it on as it
+is.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from services.authz.jwt.status import JWT_MISSED
 from services.authz.jwt.verify import VerifiedToken
-from services.authz.model import DynamicMetadata, Header, HttpRequest
+from services.authz.model import NO_EFFECTS, DynamicMetadata, Effects, Header, HttpRequest
 
 JwtStatus = Literal["none", "missing", "ok", "invalid"]
 
@@ -39,6 +40,25 @@ class JwtResult:
     tokens: tuple[VerifiedToken, ...] = ()  # every verified token, extraction order
     detail: str = ""  # where it failed, for logs
     metadata: DynamicMetadata | None = None  # the first token's, when ok (see outputs.py)
+    # What an allowed request carries from this step: made here, once per result (and
+    # results are cached per token), not per request.
+    effects: Effects = field(init=False, default=NO_EFFECTS, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.status == "ok":
+            effects = Effects(
+                upstream=self.headers_to_add,
+                upstream_remove=self.headers_to_remove,
+                query_remove=self.query_params_to_remove,
+                metadata=self.metadata,
+            )
+        elif self.status == "missing" and self.headers_to_remove:
+            # Output headers a client sent itself are removed whether or not it sent a
+            # token, so the upstream can trust them (Envoy's jwt_authn does the same).
+            effects = Effects(upstream_remove=self.headers_to_remove)
+        else:
+            return
+        object.__setattr__(self, "effects", effects)
 
     @property
     def www_authenticate(self) -> str | None:

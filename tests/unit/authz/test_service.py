@@ -1,17 +1,18 @@
 """AuthzService edge cases that the gRPC conformance suite does not reach."""
 
 from services import envoy_api as api
-from services.authz.answer import NO_EFFECTS, Denial, Verdict
+from services.authz.answer import Denial, Verdict
 from services.authz.config import AuthzConfig
 from services.authz.jwt.authenticate import JwtAuthenticator
+from services.authz.jwt.result import JwtResult
 from services.authz.mesh_config import MeshSettings
-from services.authz.model import CheckInput, HttpRequest
+from services.authz.model import NO_EFFECTS, CheckInput, HttpRequest
 from services.authz.pipeline import Trace
 from services.authz.providers.config import GrpcProvider
 from services.authz.providers.registry import ProviderClients
 from services.authz.service import AuthzService, WorkloadDefaults
 from services.authz.servicer import check_input, response_for
-from services.authz.stages import Authenticated, Normalized
+from services.authz.stages import Normalized
 from services.clock import ManualClock
 from services.metrics import Metrics
 from tests.conformance.harness import custom, jwt_rule, request_authentication, rule
@@ -99,7 +100,7 @@ class TestTrace:
         assert trace.plan is config.plan({}, WorkloadDefaults())
         assert isinstance(trace.normalized, Normalized)
         assert trace.custom is NO_EFFECTS
-        assert isinstance(trace.jwt, Authenticated) and trace.jwt.token is not None
+        assert isinstance(trace.jwt, JwtResult) and trace.jwt.status == "ok"
         assert isinstance(trace.rbac, Verdict)
 
     async def test_trace_stops_at_the_denying_stage(self) -> None:

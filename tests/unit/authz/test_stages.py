@@ -5,15 +5,17 @@ from dataclasses import dataclass, field
 import pytest
 
 from services.authz import stages
-from services.authz.answer import NO_EFFECTS, Denial, Effects, Verdict, answer
+from services.authz.answer import Denial, Verdict, answer
 from services.authz.jwt.authenticate import JwtAuthenticator
 from services.authz.jwt.plan import JwtPlan
-from services.authz.jwt.result import JwtResult
+from services.authz.jwt.result import NO_RULES, JwtResult
 from services.authz.mesh_config import MeshSettings
 from services.authz.model import (
+    NO_EFFECTS,
     RBAC_DENIED,
     CheckInput,
     DynamicMetadata,
+    Effects,
     HttpRequest,
     Peer,
     Reason,
@@ -207,7 +209,7 @@ class TestAuthenticate:
         """A workload without JWT rules never reaches the authenticator."""
         authn = RecordingAuthenticator(JwtResult(status="none"))
         found = await stages.authenticate(compiled().plan({}, DEFAULTS), HttpRequest(), authn)
-        assert found is stages.ANONYMOUS and authn.seen == []
+        assert found is NO_RULES and authn.seen == []
 
     async def test_cors_preflight_skips_jwt(self) -> None:
         """A CORS preflight is not authenticated (Istio's bypass_cors_preflight)."""
@@ -216,7 +218,7 @@ class TestAuthenticate:
             method="OPTIONS",
             headers={"origin": "https://a.example", "access-control-request-method": "GET"},
         )
-        assert await stages.authenticate(self.plan(), preflight, authn) is stages.ANONYMOUS
+        assert await stages.authenticate(self.plan(), preflight, authn) is NO_RULES
         assert authn.seen == []
 
     async def test_invalid_token_is_final(self, authn: JwtAuthenticator) -> None:
@@ -234,19 +236,19 @@ class TestAuthenticate:
         """A good token adds its output headers, removals, metadata, and the identity."""
         good = HttpRequest(headers={"authorization": f"Bearer {token(claims())}"})
         found = await stages.authenticate(self.plan(), good, authn)
-        assert isinstance(found, stages.Authenticated)
-        assert found.token is not None and found.token.subject == "alice"
+        assert isinstance(found, JwtResult)
+        assert found.status == "ok" and found.subject == "alice"
         assert found.effects.upstream == (("x-sub", "alice"),)
         assert found.effects.upstream_remove == ("authorization",)
-        assert found.effects.metadata is found.token.metadata
+        assert found.effects.metadata is found.metadata
         assert found.effects.metadata is not None
         assert found.effects.metadata["principal"] == f"{ISSUER}/alice"
 
     async def test_no_token_only_removes_output_headers(self, authn: JwtAuthenticator) -> None:
         """Without a token the request goes on anonymous, minus client-sent output headers."""
         found = await stages.authenticate(self.plan(), HttpRequest(), authn)
-        assert isinstance(found, stages.Authenticated)
-        assert found.token is None
+        assert isinstance(found, JwtResult)
+        assert found.status == "missing"
         assert found.effects == Effects(upstream_remove=("x-sub",))
 
 
