@@ -123,8 +123,9 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _gateway_command(args: argparse.Namespace) -> int:
-    from services.xds.build import Services, gateway_resources
+    from services.xds.build import Services
     from services.xds.gateway import Endpoint
+    from services.xds.gateway_config import gateway_resources
     from services.xds.istio import istio_documents, mesh_config_snippet
     from services.xds.render import bootstrap, static_config, to_yaml
 

@@ -1,4 +1,4 @@
-"""Gateway policies -> the Envoy resources of one gateway: pure, no I/O.
+"""Gateway policies -> the Envoy resources of one gateway, as Envoy's JSON: pure, no I/O.
 
 Per gateway listener: a Listener whose HTTP connection manager runs
 ``ext_authz`` (to mixerless authz), ``ratelimit`` (to mixerless ratelimit), then the
@@ -7,32 +7,23 @@ gateways; a RouteConfiguration with every route, its rate limit actions and the
 authz context (namespace, labels, gateway) the authz service selects policies by.
 Per route: a Cluster, with its ClusterLoadAssignment when the backend is given by IP.
 
-Two steps, so that validating a policy set builds what it publishes:
-
-* ``compile_gateway_config`` (at policy load) writes the gateway's own resources as
-  Envoy's JSON, parses them into protobuf messages (a field Envoy does not know fails
-  here and never reaches an Envoy) and checks that every reference resolves;
-* ``snapshot`` (at publish) adds the two clusters that point at mixerless itself,
-  whose addresses are a serving setting, not policy.
+``own_resources`` writes everything but the two clusters that reach mixerless itself
+(``mixerless_resources``), whose addresses are serving settings rather than policy;
+``gateway_config.py`` compiles the first at policy load and adds the second at publish.
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import json_format
-
-from services import envoy_api as api
 from services.xds.gateway import Endpoint, Gateway, Route, RouteMatch
 from services.xds.ratelimit_policy import RateLimitPolicy, route_actions
-from services.xds.re2 import check_re2, quote_meta
+from services.xds.re2 import quote_meta
 from services.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
     ROUTE,
-    Snapshot,
-    check_consistent,
 )
 
 AUTHZ_CLUSTER = "mixerless_authz"
@@ -78,21 +69,6 @@ class ListenerSettings:
     unescape_slashes: bool = False
     xff_num_trusted_hops: int = 0
     request_body: RequestBody | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    """One gateway, validated and compiled: its own Envoy resources, as JSON and parsed."""
-
-    gateway: Gateway
-    policies: tuple[RateLimitPolicy, ...]
-    settings: ListenerSettings
-    resources: Mapping[str, Mapping[str, dict[str, Any]]]  # type URL -> name -> Envoy JSON
-    messages: Mapping[str, Mapping[str, Any]]  # type URL -> name -> protobuf message
-
-    @property
-    def name(self) -> str:
-        return self.gateway.name
 
 
 def _seconds(value: float) -> str:
@@ -302,7 +278,7 @@ def _listener(gateway: Gateway, listener: Any, settings: ListenerSettings) -> di
     }
 
 
-def _own_resources(
+def own_resources(
     gateway: Gateway, policies: Sequence[RateLimitPolicy], settings: ListenerSettings
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """The gateway's resources as Envoy JSON, but for the clusters of mixerless itself."""
@@ -328,7 +304,7 @@ def _own_resources(
     return {CLUSTER: clusters, ENDPOINT: assignments, LISTENER: listeners, ROUTE: routes}
 
 
-def _mixerless_resources(
+def mixerless_resources(
     gateway: Gateway, services: Services
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """The clusters through which the gateway reaches mixerless's authz and ratelimit."""
@@ -342,92 +318,3 @@ def _mixerless_resources(
         if assignment is not None:
             assignments[name] = assignment
     return {CLUSTER: clusters, ENDPOINT: assignments}
-
-
-_MESSAGES: Mapping[str, Any] = {
-    CLUSTER: api.Cluster,
-    ENDPOINT: api.ClusterLoadAssignment,
-    LISTENER: api.Listener,
-    ROUTE: api.RouteConfiguration,
-}
-
-
-def _parse(
-    resources: Mapping[str, Mapping[str, Mapping[str, Any]]],
-) -> dict[str, dict[str, Any]]:
-    """Envoy JSON -> protobuf messages; ``ValueError`` names the resource that fails."""
-    messages: dict[str, dict[str, Any]] = {}
-    for type_url, named in resources.items():
-        messages[type_url] = {}
-        for name, body in named.items():
-            try:
-                messages[type_url][name] = json_format.ParseDict(body, _MESSAGES[type_url]())
-            except json_format.ParseError as exc:
-                raise ValueError(f"{type_url.rsplit('.', 1)[-1]} {name}: {exc}") from exc
-    return messages
-
-
-def _regexes(value: Any) -> Iterator[str]:
-    """Every ``safe_regex`` in Envoy JSON."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if (
-                key == "safe_regex"
-                and isinstance(item, dict)
-                and isinstance(item.get("regex"), str)
-            ):
-                yield item["regex"]
-            else:
-                yield from _regexes(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _regexes(item)
-
-
-def compile_gateway_config(
-    gateway: Gateway, policies: Sequence[RateLimitPolicy], settings: ListenerSettings
-) -> GatewayConfig:
-    """Build, parse and cross-check the gateway's own resources, once, at policy load.
-
-    Raises ``ValueError`` (or ``InconsistentSnapshotError``) naming what is wrong.
-    """
-    resources = _own_resources(gateway, policies, settings)
-    for regex in _regexes(resources):
-        check_re2(regex)  # written by hand (rateLimits) or generated: Envoy compiles them all
-    messages = _parse(resources)
-    eds = {name for name, body in resources[CLUSTER].items() if body.get("type") == "EDS"}
-    referenced = {
-        ENDPOINT: frozenset(eds),
-        ROUTE: frozenset(resources[LISTENER]),
-        CLUSTER: frozenset(
-            route["route"]["cluster"]
-            for config in resources[ROUTE].values()
-            for host in config["virtual_hosts"]
-            for route in host["routes"]
-        ),
-    }
-    check_consistent(Snapshot.unversioned(messages), referenced)
-    return GatewayConfig(gateway, tuple(policies), settings, resources, messages)
-
-
-def gateway_resources(
-    config: GatewayConfig, services: Services
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every resource of the gateway as Envoy JSON, by type URL and name (for ``render``)."""
-    own = config.resources
-    theirs = _mixerless_resources(config.gateway, services)
-    return {
-        type_url: {**own[type_url], **theirs.get(type_url, {})}
-        for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE)
-    }
-
-
-def snapshot(config: GatewayConfig, services: Services) -> Snapshot:
-    """What the gateway's Envoys are sent: its compiled resources plus mixerless's clusters."""
-    theirs = _parse(_mixerless_resources(config.gateway, services))
-    return Snapshot.build(
-        {
-            type_url: {**config.messages[type_url], **theirs.get(type_url, {})}
-            for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE)
-        }
-    )

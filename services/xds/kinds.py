@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.policy.kinds import Collected, Compiled, DocumentKind
-from services.xds.build import GatewayConfig, ListenerSettings, compile_gateway_config
+from services.xds.build import ListenerSettings
 from services.xds.gateway import Gateway, compile_gateway
+from services.xds.gateway_config import GatewayConfig, compile_gateway_config
 from services.xds.ratelimit_policy import (
     RateLimitPolicy,
     compile_rate_limit_policy,

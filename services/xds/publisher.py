@@ -27,8 +27,9 @@ from typing import Any
 import structlog
 
 from services.metrics import Metrics
-from services.xds.build import GatewayConfig, Services, snapshot
+from services.xds.build import Services
 from services.xds.cache import SnapshotCache
+from services.xds.gateway_config import GatewayConfig, snapshot
 from services.xds.snapshot import CLUSTER, ENDPOINT, Snapshot
 
 log = structlog.get_logger("mixerless.xds")

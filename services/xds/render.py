@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from services.xds.build import gateway_resources
+from services.xds.gateway_config import gateway_resources
 from services.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 XDS_CLUSTER = "mixerless_xds"

@@ -11,8 +11,9 @@ from services.catalog.loader import LoadOptions, load_directory
 from services.policy.errors import PolicyLoadError
 from services.ratelimit import kinds as ratelimit_kinds
 from services.xds import kinds as xds_kinds
-from services.xds.build import Services, snapshot
+from services.xds.build import Services
 from services.xds.gateway import Endpoint
+from services.xds.gateway_config import snapshot
 from services.xds.snapshot import LISTENER
 
 ROOT = Path(__file__).parent.parent.parent

@@ -10,8 +10,9 @@ from services.authz.mesh_config import MeshSettings
 from services.authz.paths import PathNormalization
 from services.catalog.bridge import listener_settings
 from services.catalog.loader import LoadOptions, PolicySet, load_directory
-from services.xds.build import Services, compile_gateway_config, gateway_resources, snapshot
+from services.xds.build import Services
 from services.xds.gateway import Endpoint
+from services.xds.gateway_config import compile_gateway_config, gateway_resources, snapshot
 from services.xds.istio import istio_documents, mesh_config_snippet
 from services.xds.render import bootstrap, static_config, to_yaml
 from services.xds.snapshot import (

@@ -6,16 +6,10 @@ from dataclasses import dataclass
 from services.metrics import Metrics
 from services.policy.errors import ErrorSink
 from services.policy.yamltext import parse_documents
-from services.xds.build import (
-    AUTHZ_CLUSTER,
-    RATELIMIT_CLUSTER,
-    GatewayConfig,
-    ListenerSettings,
-    Services,
-    compile_gateway_config,
-)
+from services.xds.build import AUTHZ_CLUSTER, RATELIMIT_CLUSTER, ListenerSettings, Services
 from services.xds.cache import SnapshotCache
 from services.xds.gateway import Endpoint, compile_gateway
+from services.xds.gateway_config import GatewayConfig, compile_gateway_config
 from services.xds.publisher import CLUSTER_DRAIN, SnapshotPublisher
 from services.xds.snapshot import CLUSTER, LISTENER, ROUTE, Snapshot
 
