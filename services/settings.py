@@ -1,6 +1,7 @@
 """Settings, built once at start-up: command-line flag, else ``MIXERLESS_*`` env var, else default.
 
-This is the only module that reads the environment. ``Settings`` is the table:
+This is the only module that reads the environment. ``Settings`` is the table (the
+vocabulary it is written in, ``Option`` and ``setting``/``part``, is ``options.py``):
 each field is declared once, with the option that fills it (flag, parser, default
 text, help; the variable is ``MIXERLESS_`` + the flag), the way envoyproxy/ratelimit
 tags each field of its one settings struct. A field made of several options (the
@@ -18,73 +19,44 @@ plus the field it lands in), and its row to the table in docs/operations.md
 
 import argparse
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from services.authz.plan import WorkloadDefaults
 from services.authz.workloads import parse_labels
 from services.catalog.loader import LoadOptions
 from services.grpc_server import ServerOptions
+from services.options import (
+    Option,
+    field_values,
+    optional_part,
+    options_of,
+    parse_bool,
+    parse_choice,
+    parse_count,
+    parse_header_names,
+    parse_host,
+    parse_port,
+    parse_positive,
+    parse_ratio,
+    part,
+    setting,
+)
 from services.policy.durations import parse_duration
 from services.ratelimit.redis_settings import RedisSettings
 from services.ratelimit.redis_url import parse_redis_target
 from services.ratelimit.service import RateLimitOptions
 
-ENV_PREFIX = "MIXERLESS_"
 SERVICES = ("ratelimit", "authz", "xds")
-
-T = TypeVar("T")
 
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the setting."""
 
 
-# --- value parsers: text in, value out, ValueError with a reason otherwise -------------
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def parse_port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be 0-65535, got {port}")
-    return port
-
-
-def parse_count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"must not be negative, got {value}")
-    return value
-
-
-def parse_positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
-
-
-def parse_ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def parse_host(text: str) -> str:
-    """A listen address; an IPv6 address may come in brackets."""
-    return text.strip().strip("[]")
+# --- domain values ---------------------------------------------------------------------
 
 
 def parse_redis_url(text: str) -> str | None:
@@ -110,96 +82,6 @@ def parse_workload_labels(text: str) -> str:
     """``k=v,k2=v2``, kept as text (the authz service parses it once)."""
     parse_labels(text)
     return text
-
-
-def parse_choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text.lower() not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
-        return text.lower()
-
-    return parse
-
-
-def parse_header_names(text: str) -> tuple[str, str, str]:
-    names = [n.strip() for n in text.split(",")]
-    if len(names) != 3 or not all(names):
-        raise ValueError(f"expected three comma-separated header names, got {text!r}")
-    return names[0], names[1], names[2]
-
-
-# --- the table's vocabulary --------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One setting: ``--flag`` / ``MIXERLESS_FLAG``, its parser, default text and help."""
-
-    flag: str
-    parse: Callable[[str], Any]
-    default: str
-    help: str
-
-    @property
-    def dest(self) -> str:
-        return self.flag.replace("-", "_")
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.dest.upper()
-
-    @property
-    def boolean(self) -> bool:
-        """Switched with ``--flag`` / ``--no-flag`` rather than given a value."""
-        return self.parse is parse_bool
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    """Options that land together in one object, by the name of its field they fill.
-
-    With ``unless_empty``, the part is None while that field's value is empty
-    (no ``--redis`` URL: no Redis settings at all).
-    """
-
-    make: Callable[..., Any]
-    options: Mapping[str, Option]
-    unless_empty: str | None = None
-
-    def build(self, values: Mapping[str, Any]) -> Any:
-        """The object from resolved values (by option ``dest``)."""
-        given = {name: values[option.dest] for name, option in self.options.items()}
-        if self.unless_empty is not None and not given[self.unless_empty]:
-            return None
-        return self.make(**given)
-
-    def default(self) -> Any:
-        """The object from every option's default text."""
-        return self.build({o.dest: o.parse(o.default) for o in self.options.values()})
-
-
-_OPTION = "mixerless.option"
-_PART = "mixerless.part"
-
-
-def setting(flag: str, parse: Callable[[str], T], default: str, help: str) -> T:
-    """A ``Settings`` field filled by one option; its default is ``parse(default)``."""
-    option = Option(flag, parse, default, help)
-    return field(default=parse(default), metadata={_OPTION: option})
-
-
-def part(make: Callable[..., T], **options: Option) -> T:
-    """A ``Settings`` field holding ``make(**{name: value of option})``."""
-    built = Part(make, options)
-    declared: T = field(default_factory=built.default, metadata={_PART: built})
-    return declared
-
-
-def optional_part(make: Callable[..., T], unless_empty: str, **options: Option) -> T | None:
-    """Like ``part``, but None while the option landing in ``unless_empty`` is empty."""
-    built = Part(make, options, unless_empty)
-    declared: T | None = field(default_factory=built.default, metadata={_PART: built})
-    return declared
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -321,17 +203,7 @@ class Settings:
     )
 
 
-def _options() -> tuple[Option, ...]:
-    rows: list[Option] = []
-    for declared in fields(Settings):
-        if _OPTION in declared.metadata:
-            rows.append(declared.metadata[_OPTION])
-        else:
-            rows.extend(declared.metadata[_PART].options.values())
-    return tuple(rows)
-
-
-OPTIONS: tuple[Option, ...] = _options()
+OPTIONS: tuple[Option, ...] = options_of(Settings)
 """Every option, in ``Settings`` order: what ``--help`` and docs/operations.md list."""
 
 CHECK_OPTIONS = ("merge-domains",)
@@ -402,11 +274,4 @@ def build_load_options(
 
 def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
     """The ``Settings`` for ``mixerless serve``: every field from its option(s)."""
-    values = resolve(args, environ)
-    given: dict[str, Any] = {}
-    for declared in fields(Settings):
-        if _OPTION in declared.metadata:
-            given[declared.name] = values[declared.metadata[_OPTION].dest]
-        else:
-            given[declared.name] = declared.metadata[_PART].build(values)
-    return Settings(**given)
+    return Settings(**field_values(Settings, resolve(args, environ)))
