@@ -121,6 +121,14 @@ class TestGatewayDocument:
             r"invalid regex '^/orders\Z': RE2 refuses it: invalid escape sequence: \Z"
         ]
 
+    def test_repetition_over_1000_names_file_line_and_field(self, tmp_path: Path) -> None:
+        """a{1001}, which Envoy's RE2 refuses, fails the load at the regex's file and line."""
+        found = errors(tmp_path, "^/a{1001}$")
+        assert found == [
+            f"gateway.yaml:{ORDERS_LINE}: spec.routes[1].match.regex: "
+            "invalid regex '^/a{1001}$': RE2 refuses it: invalid repetition size: {1001}"
+        ]
+
     def test_all_regex_errors_reported(self, tmp_path: Path) -> None:
         """A bad path regex and a bad header regex are both reported, each at its own line."""
         found = errors(tmp_path, "^/orders/(?<id>[0-9]+)(?=/)", HUGE)
