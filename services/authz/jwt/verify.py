@@ -127,15 +127,21 @@ class VerifiedToken:
 HEADER_CACHE_SIZE = 512
 
 
-def parse_header(segment: str) -> tuple[str, str]:
-    """``(alg, kid)`` of a header section; raises ``JwtVerifyError`` with the first problem."""
+def _json_section(segment: str, bad_base64: str, bad_json: str) -> dict[str, Any]:
+    """A base64url JSON-object section of a token; the statuses say which section failed."""
     try:
         raw = b64url_decode(segment)
     except ValueError:
-        raise JwtVerifyError(JWT_HEADER_BAD_BASE64) from None
-    header = json_object(raw)
-    if header is None:
-        raise JwtVerifyError(JWT_HEADER_BAD_JSON)
+        raise JwtVerifyError(bad_base64) from None
+    found = json_object(raw)
+    if found is None:
+        raise JwtVerifyError(bad_json)
+    return found
+
+
+def parse_header(segment: str) -> tuple[str, str]:
+    """``(alg, kid)`` of a header section; raises ``JwtVerifyError`` with the first problem."""
+    header = _json_section(segment, JWT_HEADER_BAD_BASE64, JWT_HEADER_BAD_JSON)
     alg = header.get("alg")
     if not isinstance(alg, str):
         raise JwtVerifyError(JWT_HEADER_BAD_ALG)
@@ -189,13 +195,7 @@ def parse_jwt(token: str, header: Callable[[str], tuple[str, str]] = parse_heade
         raise JwtVerifyError(JWT_BAD_FORMAT)
     header_b64, payload_b64, signature_b64 = parts
     alg, kid = header(header_b64)
-    try:
-        raw_payload = b64url_decode(payload_b64)
-    except ValueError:
-        raise JwtVerifyError(JWT_PAYLOAD_BAD_BASE64) from None
-    payload = json_object(raw_payload)
-    if payload is None:
-        raise JwtVerifyError(JWT_PAYLOAD_BAD_JSON)
+    payload = _json_section(payload_b64, JWT_PAYLOAD_BAD_BASE64, JWT_PAYLOAD_BAD_JSON)
     issuer = payload.get("iss", "")
     if not isinstance(issuer, str):
         raise JwtVerifyError(JWT_PAYLOAD_ISS_NOT_STRING)
