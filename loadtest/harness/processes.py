@@ -32,8 +32,17 @@ class Processes:
     def __init__(self) -> None:
         self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log: Path,
+        cpus: frozenset[int] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` with output to ``log``; pinned to ``cpus`` from its first instruction."""
         log.parent.mkdir(parents=True, exist_ok=True)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 list(argv),
@@ -41,6 +50,8 @@ class Processes:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the driver only; it stops the rest
+                preexec_fn=pin,  # before exec, so every thread the child makes inherits it
+                env=env,
             )
         self._procs.append((name, proc))
         return proc
@@ -133,8 +144,15 @@ def wait_grpc_ready(target: str, proc: subprocess.Popen[bytes], log: Path, timeo
     raise RuntimeError(f"{target} not accepting gRPC after {timeout:.0f}s")
 
 
-def start_noop_server(procs: Processes, service: str, log: Path) -> Server:
-    """``noop_server.py --service <service>`` on a free port, once it accepts gRPC."""
+def start_noop_server(
+    procs: Processes,
+    service: str,
+    log: Path,
+    flavour: str = "aio",
+    cpus: frozenset[int] | None = None,
+) -> Server:
+    """``noop_server.py --service <service> --flavour <flavour>`` on a free port, once it
+    accepts gRPC."""
     grpc_port = free_port()
     argv = [
         sys.executable,
@@ -143,8 +161,10 @@ def start_noop_server(procs: Processes, service: str, log: Path) -> Server:
         service,
         "--port",
         str(grpc_port),
+        "--flavour",
+        flavour,
     ]
-    proc = procs.start("noop", argv, log)
+    proc = procs.start("noop", argv, log, cpus=cpus)
     wait_grpc_ready(f"127.0.0.1:{grpc_port}", proc, log, timeout=30)
     return Server(proc, f"127.0.0.1:{grpc_port}", None, log)
 
@@ -155,6 +175,7 @@ def start_mixerless(
     grpc_port: int,
     log: Path,
     server_tree: str | None = None,
+    cpus: frozenset[int] | None = None,
 ) -> Server:
     """``mixerless serve <serve...> --http-port <free>`` on 127.0.0.1, once ``/readyz`` answers.
 
@@ -167,7 +188,7 @@ def start_mixerless(
         binary = shutil.which("mixerless", path=str(Path(sys.executable).parent))
         command = [binary or "mixerless"]
     argv = [*command, "serve", *serve, "--host", "127.0.0.1", "--http-port", str(http_port)]
-    proc = procs.start("mixerless", argv, log)
+    proc = procs.start("mixerless", argv, log, cpus=cpus)
     wait_ready(f"http://127.0.0.1:{http_port}/readyz", proc, log, timeout=30)
     return Server(proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}/metrics", log)
 

@@ -17,7 +17,7 @@ class RedisServer:
         self.pid: int | None = None
         self.url: str | None = None
 
-    def start(self, procs: Processes, log: Path) -> None:
+    def start(self, procs: Processes, log: Path, cpus: frozenset[int] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -35,7 +35,7 @@ class RedisServer:
             "--daemonize",
             "no",
         ]
-        proc = procs.start("redis", argv, log)
+        proc = procs.start("redis", argv, log, cpus=cpus)
         self.pid, self.url = proc.pid, f"redis://127.0.0.1:{port}"
         import redis
 
