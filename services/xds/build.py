@@ -5,20 +5,29 @@ Per gateway listener: a Listener whose HTTP connection manager runs
 router, with the path normalization and trusted-proxy settings Istio gives its
 gateways; a RouteConfiguration with every route, its rate limit actions and the
 authz context (namespace, labels, gateway) the authz service selects policies by.
-Per route: a Cluster, with its ClusterLoadAssignment when the backend is given by IP.
+Per route: a Cluster, with its ClusterLoadAssignment when the backend is given by IP;
+none for a ``directResponse`` route, which Envoy answers itself (``direct_response``,
+with the same ext_authz per-route settings as any route). Such a route carries no rate
+limit actions: Envoy's ratelimit filter sends no descriptors for a route without a
+RouteAction, wherever the actions are put (RouteAction, virtual host, or
+``RateLimitPerRoute.rate_limits``, measured with Envoy 1.40), so loading refuses rate
+limits aimed at one (``kinds.link``, ``gateway.py``) and policies for every route skip it.
 
 ``own_resources`` writes everything but the two clusters that reach mixerless itself
 (``mixerless_resources``), whose addresses are serving settings rather than policy;
 ``gateway_config.py`` compiles the first at policy load and adds the second at publish.
 """
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.xds.gateway import Endpoint, Gateway, Route, RouteMatch
+from services.xds.direct_response import DirectResponse
+from services.xds.gateway import Endpoint, Gateway, Route
 from services.xds.ratelimit_policy import RateLimitPolicy, route_actions
 from services.xds.re2 import quote_meta
+from services.xds.route_match import RouteMatch
 from services.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -154,7 +163,17 @@ def _route_match(match: RouteMatch) -> dict[str, Any]:
     return found
 
 
-def _route(gateway: Gateway, route: Route, policies: Sequence[RateLimitPolicy]) -> dict[str, Any]:
+def _direct_response(response: DirectResponse) -> dict[str, Any]:
+    """Envoy's ``direct_response`` (DirectResponseAction) for a route, as JSON."""
+    found: dict[str, Any] = {"status": response.status}
+    if isinstance(response.body, str):
+        found["body"] = {"inline_string": response.body}
+    elif isinstance(response.body, bytes):  # proto3 JSON carries bytes as base64
+        found["body"] = {"inline_bytes": base64.b64encode(response.body).decode("ascii")}
+    return found
+
+
+def _route_action(gateway: Gateway, route: Route) -> dict[str, Any]:
     action: dict[str, Any] = {"cluster": f"{gateway.name}/{route.name}"}
     if route.timeout is not None:
         action["timeout"] = _seconds(route.timeout)
@@ -166,11 +185,10 @@ def _route(gateway: Gateway, route: Route, policies: Sequence[RateLimitPolicy]) 
         if route.retries.per_try_timeout is not None:
             retry["per_try_timeout"] = _seconds(route.retries.per_try_timeout)
         action["retry_policy"] = retry
-    rate_limits = [route_actions(p) for p in policies if not p.routes or route.name in p.routes] + [
-        dict(entry) for entry in route.rate_limits
-    ]
-    if rate_limits:
-        action["rate_limits"] = rate_limits
+    return action
+
+
+def _authz_per_route(gateway: Gateway, route: Route) -> dict[str, Any]:
     per_route: dict[str, Any] = {"@type": EXT_AUTHZ_PER_ROUTE}
     if route.authz:
         extensions = {
@@ -181,12 +199,24 @@ def _route(gateway: Gateway, route: Route, policies: Sequence[RateLimitPolicy]) 
         per_route["check_settings"] = {"context_extensions": extensions}
     else:
         per_route["disabled"] = True
-    return {
-        "name": route.name,
-        "match": _route_match(route.match),
-        "route": action,
-        "typed_per_filter_config": {"envoy.filters.http.ext_authz": per_route},
+    return per_route
+
+
+def _route(gateway: Gateway, route: Route, policies: Sequence[RateLimitPolicy]) -> dict[str, Any]:
+    built: dict[str, Any] = {"name": route.name, "match": _route_match(route.match)}
+    if route.direct_response is not None:  # no RouteAction, so no rate limits (module doc)
+        built["direct_response"] = _direct_response(route.direct_response)
+    else:
+        built["route"] = _route_action(gateway, route)
+        rate_limits = [
+            route_actions(p) for p in policies if not p.routes or route.name in p.routes
+        ] + [dict(entry) for entry in route.rate_limits]
+        if rate_limits:
+            built["route"]["rate_limits"] = rate_limits
+    built["typed_per_filter_config"] = {
+        "envoy.filters.http.ext_authz": _authz_per_route(gateway, route)
     }
+    return built
 
 
 def _request_body(settings: ListenerSettings) -> dict[str, Any]:
@@ -285,6 +315,8 @@ def own_resources(
     clusters: dict[str, dict[str, Any]] = {}
     assignments: dict[str, dict[str, Any]] = {}
     for route in gateway.routes:
+        if route.direct_response is not None:
+            continue  # answered by Envoy: no cluster, no endpoints
         name = f"{gateway.name}/{route.name}"
         clusters[name], assignment = _cluster(name, route.endpoints, http2=route.http2)
         if assignment is not None:

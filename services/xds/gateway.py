@@ -15,7 +15,13 @@ spec:
     timeout: 15s
     retries: {attempts: 2, retryOn: "5xx,connect-failure", perTryTimeout: 2s}
     authz: false                     # skip ext_authz (health checks)
+  - name: legacy                     # Envoy answers itself (Istio's directResponse)
+    match: {prefix: /legacy}
+    directResponse: {status: 410, body: {string: "gone"}}   # or body: {bytes: <base64>}
 ```
+
+A route has exactly one of ``backend`` and ``directResponse`` (``direct_response.py``);
+a direct response takes no ``timeout``, ``retries`` or ``rateLimits``.
 
 The labels and namespace are what Istio policies select the gateway by. ``authz`` and
 ``rateLimit`` say where Envoy reaches mixerless (default: this process's ports).
@@ -33,12 +39,15 @@ from services.policy.durations import parse_proto_duration
 from services.policy.errors import ErrorSink
 from services.policy.fields import Fields
 from services.policy.k8s import ObjectMeta, read_spec
-from services.xds.re2 import check_re2
+from services.xds.direct_response import NOT_RATE_LIMITED, DirectResponse, read_direct_response
+from services.xds.route_match import RouteMatch, read_match
 
 KIND = "Gateway"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _HOST = re.compile(r"^(\*|(\*\.)?[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?)(:\d+|:\*)?$")
-HEADER_MATCH_KINDS = ("exact", "prefix", "suffix", "regex", "present")
+ROUTE_KEYS = frozenset(
+    {"name", "match", "backend", "directResponse", "timeout", "retries", "authz", "rateLimits"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,23 +65,6 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class HeaderMatch:
-    name: str
-    kind: str  # one of HEADER_MATCH_KINDS
-    value: str = ""
-    invert: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RouteMatch:
-    prefix: str | None = None
-    exact: str | None = None
-    regex: str | None = None
-    methods: tuple[str, ...] = ()
-    headers: tuple[HeaderMatch, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class Retries:
     attempts: int
     retry_on: str
@@ -83,8 +75,9 @@ class Retries:
 class Route:
     name: str
     match: RouteMatch
-    endpoints: tuple[Endpoint, ...]
+    endpoints: tuple[Endpoint, ...]  # empty for a direct response
     http2: bool = False
+    direct_response: DirectResponse | None = None  # set: Envoy answers, no backend
     timeout: float | None = None
     retries: Retries | None = None
     authz: bool = True
@@ -161,55 +154,43 @@ def _duration(fields: Fields, key: str) -> float | None:
     return seconds
 
 
-def _regex(fields: Fields, key: str, pattern: str) -> None:
-    try:
-        check_re2(pattern)
-    except ValueError as exc:
-        fields.error(key, str(exc))
+def _backend(route: Fields) -> tuple[tuple[Endpoint, ...], bool]:
+    """The endpoints of the route's ``backend`` (none when absent), and whether HTTP/2."""
+    backend = route.child("backend", what="backend", allowed={"endpoints", "protocol"})
+    if backend is None:
+        return (), False
+    endpoints: list[Endpoint] = []
+    for text in backend.strings("endpoints"):
+        try:
+            endpoints.append(parse_endpoint(text))
+        except ValueError as exc:
+            backend.error("endpoints", str(exc))
+    if not endpoints and "endpoints" not in backend:
+        backend.missing("endpoints", "backend needs at least one endpoint (host:port)")
+    protocol = backend.text("protocol") or "http1"
+    if protocol not in ("http1", "http2"):
+        backend.error("protocol", f"protocol must be http1 or http2, got '{protocol}'")
+    if endpoints and len({e.is_ip for e in endpoints}) > 1:
+        backend.error("endpoints", "use either IP addresses or host names, not both")
+    return tuple(endpoints), protocol == "http2"
 
 
-def _match(route: Fields) -> RouteMatch:
-    match = route.child(
-        "match", what="match", allowed={"prefix", "exact", "regex", "methods", "headers"}
-    )
-    if match is None:
-        return RouteMatch(prefix="/")
-    paths = [k for k in ("prefix", "exact", "regex") if k in match]
-    if len(paths) > 1:
-        match.error(paths[1], "only one of prefix, exact or regex may be set")
-    prefix, exact, regex = match.text("prefix") or None, match.text("exact") or None, None
-    for key, value in (("prefix", prefix), ("exact", exact)):
-        if value is not None and not value.startswith("/"):
-            match.error(key, f"'{value}' must start with /")
-    if "regex" in match:
-        regex = match.text("regex")
-        _regex(match, "regex", regex)
-    if not paths:
-        prefix = "/"
-    methods = match.strings("methods")
-    for method in methods:
-        if not method.isupper():
-            match.error("methods", f"method '{method}' must be upper-case")
-    headers = []
-    for header in match.children(
-        "headers", what="header match", allowed={"name", "invert", *HEADER_MATCH_KINDS}
-    ):
-        name = header.text("name", required=True).lower()
-        kinds = [k for k in HEADER_MATCH_KINDS if k in header]
-        if len(kinds) != 1:
-            header.missing(
-                "exact", f"a header match needs exactly one of {', '.join(HEADER_MATCH_KINDS)}"
-            )
-            continue
-        kind = kinds[0]
-        if kind == "present":
-            value = "true" if header.flag("present", default=True) else "false"
-        else:
-            value = header.text(kind, required=True)
-            if kind == "regex":
-                _regex(header, "regex", value)
-        headers.append(HeaderMatch(name, kind, value, header.flag("invert")))
-    return RouteMatch(prefix, exact, regex, methods, tuple(headers))
+def _action(route: Fields) -> tuple[tuple[Endpoint, ...], bool, DirectResponse | None]:
+    """Exactly one of ``backend`` and ``directResponse``: what the route does with a request."""
+    given = [key for key in ("backend", "directResponse") if route.raw(key) is not None]
+    if not given:
+        message = "a route needs a backend (endpoints: [host:port]) or a directResponse"
+        route.missing("backend", message)
+    elif len(given) > 1:
+        route.error("directResponse", "a route takes either backend or directResponse, not both")
+    elif given == ["directResponse"]:
+        for key in ("timeout", "retries"):
+            if key in route:
+                route.error(key, f"a directResponse route has no backend to apply {key} to")
+        if "rateLimits" in route:
+            route.error("rateLimits", NOT_RATE_LIMITED)
+    endpoints, http2 = _backend(route)
+    return endpoints, http2, read_direct_response(route)
 
 
 def _route(route: Fields, names: dict[str, int]) -> Route | None:
@@ -219,26 +200,8 @@ def _route(route: Fields, names: dict[str, int]) -> Route | None:
     if name in names:
         route.error("name", f"duplicate route '{name}' (first at line {names[name]})")
     names[name] = route.line
-    match = _match(route)
-    backend = route.child("backend", what="backend", allowed={"endpoints", "protocol"})
-    endpoints: list[Endpoint] = []
-    http2 = False
-    if backend is None:
-        route.missing("backend", "a route needs a backend (endpoints: [host:port])")
-    else:
-        for text in backend.strings("endpoints"):
-            try:
-                endpoints.append(parse_endpoint(text))
-            except ValueError as exc:
-                backend.error("endpoints", str(exc))
-        if not endpoints and "endpoints" not in backend:
-            backend.missing("endpoints", "backend needs at least one endpoint (host:port)")
-        protocol = backend.text("protocol") or "http1"
-        if protocol not in ("http1", "http2"):
-            backend.error("protocol", f"protocol must be http1 or http2, got '{protocol}'")
-        http2 = protocol == "http2"
-        if endpoints and len({e.is_ip for e in endpoints}) > 1:
-            backend.error("endpoints", "use either IP addresses or host names, not both")
+    match = read_match(route)
+    endpoints, http2, direct_response = _action(route)
     retries = None
     retry = route.child("retries", what="retries", allowed={"attempts", "retryOn", "perTryTimeout"})
     if retry is not None:
@@ -261,8 +224,9 @@ def _route(route: Fields, names: dict[str, int]) -> Route | None:
     return Route(
         name,
         match,
-        tuple(endpoints),
+        endpoints,
         http2,
+        direct_response,
         _duration(route, "timeout"),
         retries,
         route.flag("authz", default=True),
@@ -354,7 +318,7 @@ def compile_gateway(body: Any, line: int, sink: ErrorSink) -> Gateway | None:
         for route in spec.children(
             "routes",
             what="route",
-            allowed={"name", "match", "backend", "timeout", "retries", "authz", "rateLimits"},
+            allowed=ROUTE_KEYS,
         )
         if (compiled := _route(route, names)) is not None
     ]

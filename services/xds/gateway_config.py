@@ -111,6 +111,7 @@ def compile_gateway_config(
             for config in resources[ROUTE].values()
             for host in config["virtual_hosts"]
             for route in host["routes"]
+            if "route" in route  # a direct_response route names no cluster
         ),
     }
     check_consistent(Snapshot.unversioned(messages), referenced)

@@ -1,10 +1,11 @@
 """The kinds the xds service reads, and what it makes of them as a set.
 
 ``Gateway`` and ``RateLimitPolicy`` (``mixerless.io/v1alpha1``). Linking checks
-what they name (a policy's gateway and routes, node ids served by one gateway
-only), compiles each gateway's Envoy resources once, and derives each gateway's
-rate limit domain: the envoyproxy/ratelimit descriptors its policies count by,
-which the catalog hands to the rate limit service.
+what they name (a policy's gateway and routes, which must have a backend: Envoy does
+not rate limit a ``directResponse`` route; node ids served by one gateway only),
+compiles each gateway's Envoy resources once, and derives each gateway's rate limit
+domain: the envoyproxy/ratelimit descriptors its policies count by, which the catalog
+hands to the rate limit service.
 """
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 
 from services.policy.kinds import Collected, Compiled, DocumentKind
 from services.xds.build import ListenerSettings
+from services.xds.direct_response import NOT_RATE_LIMITED
 from services.xds.gateway import Gateway, compile_gateway
 from services.xds.gateway_config import GatewayConfig, compile_gateway_config
 from services.xds.ratelimit_policy import (
@@ -77,10 +79,14 @@ def link(collected: Collected, settings: ListenerSettings) -> Linked:
             message = f"no Gateway named '{quota.value.gateway}'"
             quota.sink.add(quota.line, "spec.targetRef.name", message)
             continue
-        known_routes = {route.name for route in target.routes}
-        for route in quota.value.routes:
-            if route not in known_routes:
-                message = f"Gateway {target.name} has no route '{route}'"
+        known_routes = {route.name: route for route in target.routes}
+        for name in quota.value.routes:
+            route = known_routes.get(name)
+            if route is None:
+                message = f"Gateway {target.name} has no route '{name}'"
+                quota.sink.add(quota.line, "spec.routes", message)
+            elif route.direct_response is not None:
+                message = f"route '{name}' of Gateway {target.name}: {NOT_RATE_LIMITED}"
                 quota.sink.add(quota.line, "spec.routes", message)
         derived.setdefault(target.name, []).append(descriptor_config(quota.value))
     documents = tuple(

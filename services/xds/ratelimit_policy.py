@@ -6,7 +6,7 @@ kind: RateLimitPolicy
 metadata: {name: product-per-user, namespace: istio-system}
 spec:
   targetRef: {kind: Gateway, name: public}
-  routes: [products]                 # optional: default every route of the gateway
+  routes: [products]                 # optional: default every backend route of the gateway
   match: {paths: ["/product", "/product/*"], methods: [GET]}   # optional
   limit: {requests: 100, unit: minute}
   countBy: {subject: {}}             # or {claim: tenant}, {clientAddress: {}}, {header: x-api-key}

@@ -112,6 +112,87 @@ class TestBuild:
             check_consistent(snapshot, {CLUSTER: frozenset({"backend"})})
 
 
+DIRECT_GATEWAY = """\
+apiVersion: mixerless.io/v1alpha1
+kind: Gateway
+metadata: {name: edge, namespace: shop, labels: {app: shop}}
+spec:
+  listeners: [{name: http, port: 10000}]
+  routes:
+  - name: maintenance
+    match: {prefix: /orders}
+    directResponse: {status: 503, body: {string: "down: back at 9"}}
+  - name: blob
+    match: {exact: /blob}
+    directResponse: {status: 200, body: {bytes: AP8K}}
+    authz: false
+  - name: empty
+    match: {exact: /empty}
+    directResponse: {status: 204, body: {string: ""}}
+  - name: default
+    backend: {endpoints: ["127.0.0.1:9000"]}
+---
+apiVersion: mixerless.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: everywhere, namespace: shop}
+spec:
+  targetRef: {name: edge}
+  limit: {requests: 5, unit: minute}
+"""
+
+
+def direct_resources(tmp_path: Path) -> dict:  # type: ignore[type-arg]
+    (tmp_path / "edge.yaml").write_text(DIRECT_GATEWAY)
+    return gateway_resources(load_directory(tmp_path, LoadOptions()).xds.gateways[0], SERVICES)
+
+
+def direct_routes(tmp_path: Path) -> dict:  # type: ignore[type-arg]
+    [host] = direct_resources(tmp_path)[ROUTE]["edge/http"]["virtual_hosts"]
+    return {route["name"]: route for route in host["routes"]}
+
+
+class TestDirectResponseRoutes:
+    def test_route_is_a_direct_response_with_authz_context(self, tmp_path: Path) -> None:
+        """A directResponse route is Envoy's direct_response plus the usual ext_authz setting."""
+        routes = direct_routes(tmp_path)
+        authz = routes["default"]["typed_per_filter_config"]
+        assert routes["maintenance"] == {
+            "name": "maintenance",
+            "match": {"prefix": "/orders"},
+            "direct_response": {"status": 503, "body": {"inline_string": "down: back at 9"}},
+            "typed_per_filter_config": authz,
+        }
+        assert authz["envoy.filters.http.ext_authz"]["check_settings"] == {
+            "context_extensions": {"namespace": "shop", "gateway": "edge", "labels": "app=shop"}
+        }
+
+    def test_bytes_body_and_authz_off(self, tmp_path: Path) -> None:
+        """A bytes body goes out as inline_bytes (base64); authz: false disables ext_authz."""
+        blob = direct_routes(tmp_path)["blob"]
+        assert blob["direct_response"] == {"status": 200, "body": {"inline_bytes": "AP8K"}}
+        assert blob["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"]
+
+    def test_no_cluster_no_endpoints(self, tmp_path: Path) -> None:
+        """Only backend routes get a cluster and an endpoint assignment."""
+        resources = direct_resources(tmp_path)
+        own = {name for name in resources[CLUSTER] if name.startswith("edge/")}
+        assert own == {"edge/default"}
+        assert set(resources[ENDPOINT]) == {
+            "edge/default",
+            "mixerless_authz",
+            "mixerless_ratelimit",
+        }
+
+    def test_policy_for_every_route_skips_direct_responses(self, tmp_path: Path) -> None:
+        """A policy without routes becomes actions on backend routes only."""
+        routes = direct_routes(tmp_path)
+        [limit] = routes["default"]["route"]["rate_limits"]
+        assert limit["actions"][0]["generic_key"]["descriptor_value"] == "shop/everywhere"
+        for name in ("maintenance", "blob", "empty"):
+            assert "route" not in routes[name]
+            assert set(routes[name]["typed_per_filter_config"]) == {"envoy.filters.http.ext_authz"}
+
+
 @pytest.mark.envoy
 class TestRenders:
     def validate(self, tmp_path: Path, config: dict) -> None:  # type: ignore[type-arg]
@@ -128,6 +209,11 @@ class TestRenders:
     def test_static_render_is_valid_envoy_config(self, tmp_path: Path, policies: PolicySet) -> None:
         """mixerless render's static config passes envoy --mode validate."""
         self.validate(tmp_path, static_config(resources(policies), 9901))
+
+    def test_direct_response_render_is_valid_envoy_config(self, tmp_path: Path) -> None:
+        """Direct responses (string, bytes, empty body) pass envoy --mode validate."""
+        resources = direct_resources(tmp_path)
+        self.validate(tmp_path, static_config(resources, 9901))
 
     def test_bootstrap_is_valid_envoy_config(self, tmp_path: Path) -> None:
         """mixerless bootstrap's output (SotW and delta) passes envoy --mode validate."""

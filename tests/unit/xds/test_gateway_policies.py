@@ -9,6 +9,7 @@ from services.catalog.loader import LoadOptions, PolicySet, load_directory
 from services.policy.errors import PolicyLoadError
 from services.ratelimit.match import find_limit
 from services.ratelimit.model import DescriptorRequest, Unit
+from services.xds.direct_response import DirectResponse
 from services.xds.ratelimit_policy import route_actions
 
 GATEWAY = """
@@ -81,6 +82,117 @@ INVALID_GATEWAYS = {
         "method 'get' must be upper-case",
     ),
 }
+
+
+BACKEND = 'backend: {endpoints: ["127.0.0.1:9000"]}'
+NOT_RATE_LIMITED = "Envoy does not rate limit a directResponse route"
+# Each replaces the products route's backend (line 9 of GATEWAY); the full
+# "file:line: field: message" start is expected.
+INVALID_DIRECT_RESPONSES = {
+    "backend and directResponse": (
+        f"{BACKEND}\n    directResponse: {{status: 200}}",
+        "p0.yaml:10: spec.routes[0].directResponse: "
+        "a route takes either backend or directResponse, not both",
+    ),
+    "neither": (
+        "authz: true",
+        "p0.yaml:7: spec.routes[0].backend: "
+        "a route needs a backend (endpoints: [host:port]) or a directResponse",
+    ),
+    "no status": (
+        "directResponse: {body: {string: down}}",
+        "p0.yaml:9: spec.routes[0].directResponse.status: directResponse is missing 'status'",
+    ),
+    "status over 599": (
+        "directResponse: {status: 600}",
+        "p0.yaml:9: spec.routes[0].directResponse.status: must be at most 599, got 600",
+    ),
+    "status under 200": (
+        "directResponse: {status: 199}",
+        "p0.yaml:9: spec.routes[0].directResponse.status: must be at least 200, got 199",
+    ),
+    "status as text": (
+        "directResponse: {status: '503'}",
+        "p0.yaml:9: spec.routes[0].directResponse.status: must be an integer, got a string",
+    ),
+    "unknown key": (
+        "directResponse: {status: 503, headers: {}}",
+        "p0.yaml:9: spec.routes[0].directResponse.headers: unknown key 'headers' in "
+        "directResponse (expected one of: body, status)",
+    ),
+    "string and bytes": (
+        "directResponse: {status: 503, body: {string: a, bytes: YQ==}}",
+        "p0.yaml:9: spec.routes[0].directResponse.body.string: "
+        "body takes exactly one of string or bytes",
+    ),
+    "empty body": (
+        "directResponse: {status: 503, body: {}}",
+        "p0.yaml:9: spec.routes[0].directResponse.body.string: "
+        "body takes exactly one of string or bytes",
+    ),
+    "bad base64": (
+        "directResponse:\n      status: 503\n      body:\n        bytes: 'not base64!'",
+        "p0.yaml:12: spec.routes[0].directResponse.body.bytes: must be standard base64",
+    ),
+    "body too large": (
+        f"directResponse: {{status: 503, body: {{string: {'x' * 4097}}}}}",
+        "p0.yaml:9: spec.routes[0].directResponse.body.string: body is 4097 bytes, "
+        "more than Envoy's limit of 4096",
+    ),
+    "timeout": (
+        "directResponse: {status: 503}\n    timeout: 5s",
+        "p0.yaml:10: spec.routes[0].timeout: a directResponse route has no backend to apply "
+        "timeout to",
+    ),
+    "retries": (
+        "directResponse: {status: 503}\n    retries: {attempts: 2}",
+        "p0.yaml:10: spec.routes[0].retries: a directResponse route has no backend to apply "
+        "retries to",
+    ),
+    "rateLimits": (
+        "directResponse: {status: 503}\n    rateLimits: [{actions: [{remote_address: {}}]}]",
+        f"p0.yaml:10: spec.routes[0].rateLimits: {NOT_RATE_LIMITED}",
+    ),
+}
+
+
+class TestDirectResponse:
+    @pytest.mark.parametrize(
+        "case", list(INVALID_DIRECT_RESPONSES), ids=list(INVALID_DIRECT_RESPONSES)
+    )
+    def test_rejected(self, tmp_path: Path, case: str) -> None:
+        """Each broken directResponse route is rejected naming file, line and field."""
+        new, expected = INVALID_DIRECT_RESPONSES[case]
+        found = errors(tmp_path, GATEWAY.replace(BACKEND, new, 1))
+        assert any(line.startswith(expected) for line in found), found
+
+    @pytest.mark.parametrize(
+        ("body", "expected"),
+        [
+            ("", None),
+            (", body: {string: 'down: back at 9'}", "down: back at 9"),
+            (", body: {bytes: AP8K}", b"\x00\xff\n"),
+            (f", body: {{string: {'x' * 4096}}}", "x" * 4096),
+        ],
+    )
+    def test_parsed(self, tmp_path: Path, body: str, expected: str | bytes | None) -> None:
+        """status and body (text, decoded base64, up to 4096 bytes) load; no backend is kept."""
+        text = GATEWAY.replace(BACKEND, f"directResponse: {{status: 503{body}}}", 1)
+        route = load(tmp_path, text).xds.gateways[0].gateway.routes[0]
+        assert route.direct_response == DirectResponse(503, expected)
+        assert route.endpoints == ()
+
+    def test_policy_cannot_name_a_direct_response(self, tmp_path: Path) -> None:
+        """A RateLimitPolicy naming a directResponse route is an error at its spec.routes."""
+        gateway = GATEWAY.replace(BACKEND, "directResponse: {status: 503}", 1)
+        found = errors(
+            tmp_path, gateway, quota("routes: [products]\nlimit: {requests: 5, unit: minute}\n")
+        )
+        assert any(
+            line.startswith("p1.yaml:1: spec.routes: route 'products' of Gateway public: ")
+            and NOT_RATE_LIMITED in line
+            for line in found
+        ), found
 
 
 class TestGatewayValidation:
