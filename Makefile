@@ -49,8 +49,9 @@ lock: | $(UV)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
+## loadtest: every gateway stack through its own Envoy, side by side (ARGS="--quick" for a smoke run)
 loadtest: $(STAMP)
-	$(BIN)/python loadtest/rls_load.py --help
+	$(BIN)/python loadtest/compare.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

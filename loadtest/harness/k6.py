@@ -67,7 +67,8 @@ def run_k6(
     import time
 
     summary.unlink(missing_ok=True)
-    argv = [find_k6(), "run", "--quiet", "--no-usage-report", str(script)]
+    # --address "": no REST API port, so several k6 runs can share the machine.
+    argv = [find_k6(), "run", "--quiet", "--no-usage-report", "--address", "", str(script)]
     full_env = {**os.environ, **env, "SUMMARY": str(summary)}
     if cpus:
         full_env.setdefault("GOMAXPROCS", str(len(cpus)))
