@@ -25,6 +25,7 @@ there are any.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--results", type=Path, default=OUT_DIR / "compare.jsonl", help="JSON lines file"
     )
+    parser.add_argument("--replay", type=Path, help="only redraw tables and plots from a JSON file")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 1 round of 4 s, open loop at 200/s"
     )
@@ -109,13 +111,8 @@ def _order(stacks: list[str], index: int) -> list[str]:
     return stacks if index % 2 == 0 else list(reversed(stacks))
 
 
-def _usable(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    clean = [r for r in runs if not r["flags"]]
-    return clean or runs
-
-
 def _median(runs: list[dict[str, Any]], key: str) -> float:
-    values = [r["k6"][key] for r in _usable(runs)]
+    values = [r["k6"][key] for r in plots.usable(runs)]
     return statistics.median(values) if values else float("nan")
 
 
@@ -130,7 +127,7 @@ def closed_table(runs: list[dict[str, Any]], stacks: list[str]) -> list[str]:
         if not by[s]:
             continue
         rounds = " / ".join(f"{r['k6']['rate']:,.0f}{'*' if r['flags'] else ''}" for r in by[s])
-        usable = _usable(by[s])
+        usable = plots.usable(by[s])
         cpu = [
             f"{statistics.median(r['cpu_us_per_request'].get(c, 0.0) for r in usable):,.0f}"
             for c in ("envoy", "service", "redis", "k6")
@@ -162,6 +159,8 @@ def open_table(runs: list[dict[str, Any]], stacks: list[str]) -> list[str]:
 
 def main() -> int:
     args = _parser().parse_args()
+    if args.replay:
+        return replay(args.replay, args.out)
     if args.quick:
         args.rounds, args.duration, args.warmup, args.open_duration = 1, 4, 1, 4
         args.rates = "200" if args.rates == _parser().get_default("rates") else args.rates
@@ -228,32 +227,7 @@ def main() -> int:
                 flush=True,
             )
             progress.step()
-    print(
-        f"\nClosed loop ({args.vus} VUs, {args.duration:g} s, "
-        f"median of {args.rounds} rounds; * = flagged):\n"
-    )
-    print("\n".join(closed_table(runs, stacks)))
-    if rates:
-        print(f"\nOpen loop ({args.open_duration:g} s per rate):\n")
-        print("\n".join(open_table(runs, stacks)))
-    flagged = [r for r in runs if r["flags"]]
-    if flagged:
-        print("\nFlagged runs:")
-        for r in flagged:
-            print(f"  {r['stack']} {r['mode']} {r['offered'] or ''}: {'; '.join(r['flags'])}")
-    title = f"{stamp}, {', '.join(f'{k}={v}' for k, v in pinning.describe().items())}"
-    paths = [
-        plots.throughput(
-            runs, stacks, out / "throughput.png", f"closed loop, {args.vus} VUs ({title})"
-        ),
-        plots.cpu_per_request(
-            runs, stacks, out / "cpu-per-request.png", "CPU per request by component"
-        ),
-    ]
-    if rates:
-        paths.append(
-            plots.open_loop(runs, stacks, out / "open-loop-p99.png", "p99 against offered rate")
-        )
+    paths = report(runs, stacks, args, pinning.describe(), stamp, out)
     found = versions()
     found["envoy"] = _first_line([find_envoy(), "--version"])
     found["k6"] = _first_line([find_k6(), "version"])
@@ -270,6 +244,57 @@ def main() -> int:
     print("\nPlots: " + ", ".join(str(p) for p in paths))
     print(f"JSON: {args.results} (one line); elapsed {line['elapsed_s'] / 60:.1f} min")
     return 1 if any(r["k6"]["wrong"] for r in runs) else 0
+
+
+def report(
+    runs: list[dict[str, Any]],
+    stacks: list[str],
+    args: argparse.Namespace,
+    pinning: dict[str, Any],
+    stamp: str,
+    out: Path,
+) -> list[Path]:
+    """Print the tables and the flagged runs; draw the plots into ``out``."""
+    print(
+        f"\nClosed loop ({args.vus} VUs, {args.duration:g} s, "
+        f"median of {args.rounds} rounds; * = flagged):\n"
+    )
+    print("\n".join(closed_table(runs, stacks)))
+    has_open = any(r["mode"] == "open" for r in runs)
+    if has_open:
+        print(f"\nOpen loop ({args.open_duration:g} s per rate):\n")
+        print("\n".join(open_table(runs, stacks)))
+    flagged = [r for r in runs if r["flags"]]
+    if flagged:
+        print("\nFlagged runs:")
+        for r in flagged:
+            print(f"  {r['stack']} {r['mode']} {r['offered'] or ''}: {'; '.join(r['flags'])}")
+    title = f"{stamp}\nCPUs: " + ", ".join(f"{k} {v}" for k, v in pinning.items())
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [
+        plots.throughput(
+            runs, stacks, out / "throughput.png", f"closed loop, {args.vus} VUs, {title}"
+        ),
+        plots.cpu_per_request(
+            runs, stacks, out / "cpu-per-request.png", "CPU per request by component"
+        ),
+    ]
+    if has_open:
+        paths.append(
+            plots.open_loop(runs, stacks, out / "open-loop-p99.png", "p99 against offered rate")
+        )
+    return paths
+
+
+def replay(path: Path, out: Path | None) -> int:
+    """Tables and plots again from the last JSON line of ``path`` (``--replay``)."""
+    line = json.loads(path.read_text().splitlines()[-1])
+    args = argparse.Namespace(**line["config"])
+    stacks = list(dict.fromkeys(r["stack"] for r in line["runs"]))
+    target = out or OUT_DIR / f"compare-{line['time']}"
+    paths = report(line["runs"], stacks, args, line["pinning"], line["time"], target)
+    print("\nPlots: " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def _first_line(argv: list[str]) -> str:

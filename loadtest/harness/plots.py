@@ -22,6 +22,12 @@ def _closed(
     return {s: [r for r in runs if r["stack"] == s and r["mode"] == "closed"] for s in stacks}
 
 
+def usable(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The unflagged runs, or all of them when every one is flagged (as the tables do)."""
+    clean = [r for r in runs if not r["flags"]]
+    return clean or list(runs)
+
+
 def throughput(
     runs: Sequence[dict[str, Any]], stacks: Sequence[str], path: Path, title: str
 ) -> Path:
@@ -29,7 +35,7 @@ def throughput(
     by_stack = _closed(runs, stacks)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for x, stack in enumerate(stacks):
-        rates = [r["k6"]["rate"] for r in by_stack[stack]]
+        rates = [r["k6"]["rate"] for r in usable(by_stack[stack])]
         if not rates:
             continue
         ax.bar(x, statistics.median(rates), color="#4c72b0", alpha=0.75)
@@ -47,7 +53,7 @@ def throughput(
     ax.set_xticks(range(len(stacks)), stacks, rotation=20, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("requests/s through Envoy (log scale)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -101,7 +107,7 @@ def cpu_per_request(
     for component in COMPONENTS:
         values = []
         for stack in stacks:
-            found = [r["cpu_us_per_request"].get(component, 0.0) for r in by_stack[stack]]
+            found = [r["cpu_us_per_request"].get(component, 0.0) for r in usable(by_stack[stack])]
             values.append(statistics.median(found) if found else 0.0)
         ax.bar(
             range(len(stacks)), values, bottom=bottoms, color=COLOURS[component], label=component
