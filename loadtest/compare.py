@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -178,7 +179,8 @@ def main() -> int:
         envoy_concurrency=args.envoy_concurrency,
     )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = args.out or OUT_DIR / f"compare-{stamp}"
+    # Absolute: k6 resolves a relative TOKENS path against the script's directory.
+    out = (args.out or OUT_DIR / f"compare-{stamp}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     closed = RunPlan(
         "closed",
@@ -298,8 +300,6 @@ def replay(path: Path, out: Path | None) -> int:
 
 
 def _first_line(argv: list[str]) -> str:
-    import subprocess
-
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     return (done.stdout or done.stderr).strip().splitlines()[0].strip()
 

@@ -8,6 +8,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,6 @@ def run_k6(
     timeout: float = 900,
 ) -> K6Result:
     """``k6 run script`` with ``env`` (added to this process's), pinned to ``cpus``."""
-    import time
-
     summary.unlink(missing_ok=True)
     # --address "": no REST API port, so several k6 runs can share the machine.
     argv = [find_k6(), "run", "--quiet", "--no-usage-report", "--address", "", str(script)]

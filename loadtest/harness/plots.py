@@ -28,6 +28,18 @@ def usable(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return clean or list(runs)
 
 
+def _finish(fig: Any, ax: Any, path: Path, title: str, *, grid: str, legend: bool) -> Path:
+    """Title, grid and legend, then the PNG."""
+    ax.set_title(title, fontsize="medium")
+    ax.grid(axis=grid, alpha=0.3)
+    if legend:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def throughput(
     runs: Sequence[dict[str, Any]], stacks: Sequence[str], path: Path, title: str
 ) -> Path:
@@ -53,12 +65,7 @@ def throughput(
     ax.set_xticks(range(len(stacks)), stacks, rotation=20, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("requests/s through Envoy (log scale)")
-    ax.set_title(title, fontsize="medium")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title, grid="y", legend=False)
 
 
 def open_loop(
@@ -88,13 +95,7 @@ def open_loop(
     ax.set_xlabel("offered requests/s (k6 constant-arrival-rate)")
     ax.set_ylabel("p99 latency, ms (log scale)")
     ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title, grid="both", legend=True)
 
 
 def cpu_per_request(
@@ -117,10 +118,4 @@ def cpu_per_request(
         ax.annotate(f"{total:,.0f}", (x, total), ha="center", va="bottom")
     ax.set_xticks(range(len(stacks)), stacks, rotation=20, ha="right")
     ax.set_ylabel("CPU µs per request")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title, grid="y", legend=True)
