@@ -17,6 +17,11 @@ def _admin(port: int) -> dict[str, Any]:
     return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
 
 
+# How soon a gateway dials the xds service again after losing it: Envoy's default backoff
+# grows to 30 s, so a restarted mixerless could wait that long for its Envoys to come back.
+_RECONNECT = {"retry_policy": {"retry_back_off": {"base_interval": "0.5s", "max_interval": "5s"}}}
+
+
 def bootstrap(
     node_id: str,
     xds_host: str,
@@ -36,7 +41,7 @@ def bootstrap(
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER, **_RECONNECT}}],
             },
             "cds_config": ads,
             "lds_config": ads,

@@ -220,6 +220,12 @@ class TestRenders:
         self.validate(tmp_path, bootstrap("public-gateway", "127.0.0.1", 18000))
         self.validate(tmp_path, bootstrap("public-gateway", "127.0.0.1", 18000, delta=True))
 
+    def test_bootstrap_redials_the_xds_service_within_five_seconds(self) -> None:
+        """A gateway whose xds service went away retries with backoff capped at 5 s, not 30."""
+        ads = bootstrap("public-gateway", "127.0.0.1", 18000)["dynamic_resources"]["ads_config"]
+        backoff = ads["grpc_services"][0]["envoy_grpc"]["retry_policy"]["retry_back_off"]
+        assert backoff == {"base_interval": "0.5s", "max_interval": "5s"}
+
     def test_istio_render(self, policies: PolicySet) -> None:
         """The Istio render selects the gateway by labels and names the mixerless service."""
         compiled = policies.xds.gateways[0]
