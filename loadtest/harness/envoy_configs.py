@@ -242,7 +242,7 @@ def _in_proxy_rbac() -> dict[str, Any]:
     }
 
 
-def _quota(policies: Path) -> tuple[int, int]:
+def quota(policies: Path) -> tuple[int, int]:
     """(requests, seconds) of the demo's per-user /product RateLimitPolicy."""
     for document in _documents(policies, "RateLimitPolicy"):
         limit = document["spec"]["limit"]
@@ -278,7 +278,7 @@ def in_proxy(admin_port: int, port: int, backend_port: int, policies: Path) -> d
         "name": "envoy.filters.http.local_ratelimit",
         "typed_config": {"@type": LOCAL_RATELIMIT, "stat_prefix": "quota"},
     }
-    requests, seconds = _quota(policies)
+    requests, seconds = quota(policies)
     per_user = {
         "@type": LOCAL_RATELIMIT,
         "stat_prefix": "quota",

