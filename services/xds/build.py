@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.policy.re2 import quote_meta
 from services.xds.direct_response import DirectResponse
 from services.xds.gateway import Endpoint, Gateway, Route
 from services.xds.ratelimit_policy import RateLimitPolicy, route_actions
-from services.xds.re2 import quote_meta
 from services.xds.route_match import RouteMatch
 from services.xds.snapshot import (
     CLUSTER,

@@ -17,6 +17,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from services import envoy_api as api
+from services.policy.re2 import check_re2
 from services.xds.build import (
     ListenerSettings,
     Services,
@@ -25,7 +26,6 @@ from services.xds.build import (
 )
 from services.xds.gateway import Gateway
 from services.xds.ratelimit_policy import RateLimitPolicy
-from services.xds.re2 import check_re2
 from services.xds.snapshot import (
     CLUSTER,
     ENDPOINT,

@@ -27,7 +27,7 @@ from typing import Any
 
 from services.policy.errors import ErrorSink
 from services.policy.k8s import ObjectMeta, read_spec
-from services.xds.re2 import quote_meta, re2_error
+from services.policy.re2 import quote_meta, re2_error
 
 KIND = "RateLimitPolicy"
 AUTHZ_METADATA = "envoy.filters.http.ext_authz"

@@ -11,7 +11,7 @@ compiled with RE2 as Envoy compiles it, so what Envoy would refuse is refused at
 from dataclasses import dataclass
 
 from services.policy.fields import Fields
-from services.xds.re2 import check_re2
+from services.policy.re2 import check_re2
 
 HEADER_MATCH_KINDS = ("exact", "prefix", "suffix", "regex", "present")
 

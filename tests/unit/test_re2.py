@@ -7,8 +7,8 @@ import pytest
 
 from services.catalog.loader import LoadOptions, PolicySet, load_directory
 from services.policy.errors import PolicyLoadError
+from services.policy.re2 import ENVOY_MAX_PROGRAM_SIZE, check_re2, re2_error
 from services.xds.ratelimit_policy import _path_regex
-from services.xds.re2 import ENVOY_MAX_PROGRAM_SIZE, check_re2, re2_error
 
 # (a|b|...|z){50}: valid RE2, but its program is far over Envoy's default limit of 100.
 HUGE = "(" + "|".join("abcdefghijklmnopqrstuvwxyz") + "){50}"
