@@ -31,6 +31,7 @@ from services.envoy_api import (
 from services.grpc_server import GrpcServer
 from services.http_server import HttpServer, OpsView
 from services.metrics import Metrics
+from services.one_hop import InCheckQuota
 from services.ratelimit.local_cache import OverLimitCache
 from services.ratelimit.memory_store import InMemoryCounterStore
 from services.ratelimit.model import RateLimitConfig
@@ -88,12 +89,15 @@ class Application:
         self.grpc_servers: list[GrpcServer] = []
         self.ratelimit: GrpcServer | None = None
         self.store: CounterStore | None = None
-        if "ratelimit" in settings.services:
+        counting: RateLimitService | None = None
+        # The rate limit service counts for its gRPC port and for the quotas counted
+        # inside Check (one hop): one store, one set of counters, in either case.
+        if "ratelimit" in settings.services or "authz" in settings.services:
             self.store = store if store is not None else build_store(settings, self.clock)
             cache = None
             if settings.local_cache_size:
                 cache = OverLimitCache(self.clock, settings.local_cache_size)
-            service = RateLimitService(
+            counting = RateLimitService(
                 self._ratelimit_config,
                 self.store,
                 self.clock,
@@ -101,6 +105,9 @@ class Application:
                 settings.ratelimit,
                 cache,
             )
+            self.view.checks[self.store.name] = self.store.ping
+        if "ratelimit" in settings.services and counting is not None:
+            service = counting
             servicer = RateLimitServicer(service, self.metrics)
             self.ratelimit = GrpcServer(
                 "ratelimit",
@@ -111,7 +118,6 @@ class Application:
             )
             self.grpc_servers.append(self.ratelimit)
             self.view.ratelimit = service
-            self.view.checks[self.store.name] = self.store.ping
         self.authz: GrpcServer | None = None
         self.jwt: JwtAuthenticator | None = None
         self.providers: ProviderClients | None = None
@@ -125,7 +131,12 @@ class Application:
             self.jwt = JwtAuthenticator(KeyResolver(remote=remote), self.clock)
             self.providers = ProviderClients()
             authz = AuthzService(
-                self._authz_config, self.jwt, self.providers, self.metrics, settings.workload
+                self._authz_config,
+                self.jwt,
+                self.providers,
+                self.metrics,
+                settings.workload,
+                InCheckQuota(counting) if counting is not None else None,
             )
             authz_servicer = AuthorizationServicer(authz, self.metrics)
             self.authz = GrpcServer(

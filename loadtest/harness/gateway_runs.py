@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import cpu, envoy_configs
+from harness import cpu, envoy_configs, metrics
 from harness.gateway_checks import coverage, envoy_counters, preflight
 from harness.k6 import GATEWAY_SCRIPT, K6Result, run_k6
 from harness.processes import Processes
@@ -90,6 +90,7 @@ def measure(
         users = max(plan.pool_users, plan.owners)
         pool = write_pool(mint_pool(PoolSpec(users=users)), workdir / "tokens.json")
         counters_before = envoy_counters(stack.admin_url)
+        hits_before = _quota_hits(stack)
         cpu_before = {name: cpu.tree_cpu_seconds(pid) for name, pid in stack.pids.items()}
         busy_before, driver_before, started = (
             cpu.machine_busy_seconds(),
@@ -111,7 +112,9 @@ def measure(
         counters_after = envoy_counters(stack.admin_url)
         cpu_s["k6"] = result.cpu_s
         driver = cpu.self_cpu_seconds() - driver_before
-        seen, problems = coverage(stack, counters_before, counters_after, result)
+        hits = _quota_hits(stack)
+        counted = None if hits is None or hits_before is None else hits - hits_before
+        seen, problems = coverage(stack, counters_before, counters_after, result, counted)
         flags += problems
         other_cores = max(0.0, busy - sum(cpu_s.values()) - driver) / wall
         flags += _flags(result, plan, other_cores)
@@ -136,6 +139,14 @@ def measure(
         }
     finally:
         procs.stop_all()
+
+
+def _quota_hits(stack: RunningStack) -> int | None:
+    """Requests mixerless has counted against a quota so far (None: not a mixerless stack)."""
+    if stack.metrics_url is None:
+        return None
+    found = metrics.scrape(stack.metrics_url)
+    return sum(value for key, value in found.items() if key.startswith("hits|"))
 
 
 def _flags(result: K6Result, plan: RunPlan, other_cores: float) -> list[str]:

@@ -17,6 +17,7 @@ from services.authz.plan import (
     compile_plan,
     resolve_workload,
 )
+from services.authz.quota import NO_QUOTAS, QuotaRules
 from services.authz.request_authentication import RequestAuthentication
 from services.authz.workloads import Workload
 
@@ -31,11 +32,17 @@ class AuthzConfig:
         mesh: MeshSettings,
         policies: Sequence[AuthorizationPolicy] = (),
         authentications: Sequence[RequestAuthentication] = (),
+        quotas: QuotaRules = NO_QUOTAS,
     ) -> None:
         self.mesh = mesh
+        self.quotas = quotas  # (gateway, route) -> the quotas counted inside Check
         self.policies = tuple(sorted(policies, key=lambda p: p.key))
         self.authentications = tuple(sorted(authentications, key=lambda a: a.meta.key))
         self._plans: dict[PlanKey, WorkloadPlan] = {}  # insertion order: oldest first
+
+    def with_quotas(self, quotas: QuotaRules) -> "AuthzConfig":
+        """The same policies, with the quotas the gateways count inside Check."""
+        return AuthzConfig(self.mesh, self.policies, self.authentications, quotas)
 
     def plan(self, context: Mapping[str, str], defaults: WorkloadDefaults) -> WorkloadPlan:
         """The plan of the workload a Check's context extensions name (``defaults`` for

@@ -1,6 +1,6 @@
 """One Check through the stages, in order, ending in the one ``answer``.
 
-normalize -> CUSTOM -> JWT -> RBAC (AUDIT/DENY/ALLOW + dry-run) -> answer. A stage's
+normalize -> CUSTOM -> JWT -> RBAC (AUDIT/DENY/ALLOW + dry-run) -> quota -> answer. A stage's
 ``Denial`` ends the Check; otherwise what it adds is carried on: the providers' and the
 token's ``Effects`` accumulate, the verified identity joins the attributes RBAC reads.
 ``mixerless explain`` runs this same function with a ``Trace`` to show each stage.
@@ -16,6 +16,7 @@ from services.authz.jwt.result import JwtResult
 from services.authz.mesh_config import MeshSettings
 from services.authz.model import NO_EFFECTS, CheckInput, Decision, Effects
 from services.authz.plan import WorkloadPlan
+from services.authz.quota import QuotaAnswer, QuotaRule
 from services.authz.stages import Normalized, Seams
 
 log = structlog.get_logger("mixerless.authz")
@@ -30,6 +31,7 @@ class Trace:
     custom: Effects | Denial | None = None
     jwt: JwtResult | Denial | None = None
     rbac: Verdict | Denial | None = None
+    quota: QuotaAnswer | Denial | None = None
 
 
 async def run(
@@ -38,8 +40,10 @@ async def run(
     check: CheckInput,
     seams: Seams,
     trace: Trace | None = None,
+    quotas: tuple[QuotaRule, ...] = (),
 ) -> Decision:
-    """The Decision for ``check``, a request of the workload ``plan`` was compiled for."""
+    """The Decision for ``check``, a request of the workload ``plan`` was compiled for;
+    ``quotas`` are the rules of its route, counted only when it is allowed."""
     if trace is not None:
         trace.plan = plan
     normalized = stages.normalize(check, mesh)
@@ -79,4 +83,14 @@ async def run(
             decision="allow" if isinstance(verdict, Verdict) else "deny",
             path=attributes.path,
         )
+    if quotas and isinstance(verdict, Verdict):
+        counted = await stages.quota(
+            quotas, normalized.check.request, effects, attributes.remote_ip, seams.quota
+        )
+        if trace is not None:
+            trace.quota = counted
+        if isinstance(counted, Denial):
+            return answer(counted)
+        if counted.headers:
+            effects = effects.plus(Effects(downstream=counted.headers))
     return answer(verdict, effects)

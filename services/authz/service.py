@@ -2,9 +2,9 @@
 
 The service finds the current policy set and the plan of the request's workload
 (``AuthzConfig.plan``), then runs the stages (``pipeline.run``): the path, CUSTOM
-providers, JWT, then AUDIT/DENY/ALLOW. An allowed request carries the JWT and
-provider header changes upstream, and the verified claims as dynamic metadata (for
-rate limits keyed on them).
+providers, JWT, then AUDIT/DENY/ALLOW, then the quotas of the request's route (one
+hop: ``quota.py``). An allowed request carries the JWT and provider header changes
+upstream, and the verified claims as dynamic metadata (for rate limits keyed on them).
 """
 
 from collections.abc import Callable
@@ -14,6 +14,7 @@ from services.authz.config import AuthzConfig
 from services.authz.model import CheckInput, Decision, Reason
 from services.authz.pipeline import Trace, run
 from services.authz.plan import WorkloadDefaults
+from services.authz.quota import QuotaCounter, route_rules
 from services.authz.stages import Authenticator, ProviderRegistry, Seams
 from services.authz.workloads import parse_labels
 from services.metrics import Metrics
@@ -33,12 +34,13 @@ class AuthzService:
         providers: ProviderRegistry,
         metrics: Metrics,
         defaults: WorkloadDefaults,
+        quota: QuotaCounter | None = None,
     ) -> None:
         parse_labels(defaults.labels)  # malformed default labels fail here, not per request
         self._current_config = current_config
         self._defaults = defaults
         self._metrics = metrics
-        self._seams = Seams(jwt, providers, self._provider_failed)
+        self._seams = Seams(jwt, providers, self._provider_failed, quota)
 
     def _provider_failed(self, name: str) -> None:
         self._metrics.backend_errors.labels(f"provider:{name}").inc()
@@ -49,4 +51,5 @@ class AuthzService:
         if config is None:
             return NO_POLICY
         plan = config.plan(check.context, self._defaults)
-        return await run(config.mesh, plan, check, self._seams, trace)
+        quotas = route_rules(config.quotas, check.context)
+        return await run(config.mesh, plan, check, self._seams, trace, quotas)

@@ -36,6 +36,16 @@ from services.authz.paths import InvalidPathError, full_path_with_query
 from services.authz.plan import WorkloadPlan
 from services.authz.providers.client import AuthzProviderClient, ProviderDecision
 from services.authz.providers.config import Provider
+from services.authz.quota import (
+    STORE_FAILURE_HEADERS,
+    STORE_FAILURE_STATUS,
+    Entries,
+    QuotaAnswer,
+    QuotaCounter,
+    QuotaRule,
+    QuotaUnavailable,
+    upstream_view,
+)
 
 TCP_DENIED = Denial(403, "", Reason("tcp", detail="TCP checks are denied"))
 
@@ -59,6 +69,7 @@ class Seams:
     jwt: Authenticator
     providers: ProviderRegistry
     provider_failed: Callable[[str], None]  # called with the provider's name
+    quota: QuotaCounter | None = None  # None: no quota can be counted in this process
 
 
 class Normalized(NamedTuple):
@@ -175,3 +186,39 @@ def _cors_preflight(request: HttpRequest) -> bool:
         and "origin" in headers
         and "access-control-request-method" in headers
     )
+
+
+QUOTA_STORE_FAILED = Reason("quota", detail="the counter store could not count")
+
+
+async def quota(
+    rules: tuple[QuotaRule, ...],
+    request: HttpRequest,
+    effects: Effects,
+    client: str,
+    counter: QuotaCounter | None,
+) -> Denial | QuotaAnswer:
+    """The quota step of an allowed request on a route with quotas: count what the rules'
+    descriptors say (one call, hits 1), refuse it over quota, and decide by the rules'
+    failure mode when nothing could be counted."""
+    seen = upstream_view(request, effects.upstream, effects.upstream_remove)
+    counted: list[tuple[QuotaRule, Entries]] = []
+    for rule in rules:
+        entries = rule.descriptor(seen, effects.metadata, client)
+        if entries is not None:
+            counted.append((rule, entries))
+    if not counted:
+        return QuotaAnswer(False)
+    domain = counted[0][0].domain
+    try:
+        if counter is None:
+            raise QuotaUnavailable("no counter store in this process")
+        found = await counter(domain, [entries for _, entries in counted])
+    except QuotaUnavailable:
+        if any(rule.deny_on_store_failure for rule, _ in counted):
+            return Denial(STORE_FAILURE_STATUS, "", QUOTA_STORE_FAILED, STORE_FAILURE_HEADERS)
+        return QuotaAnswer(False)
+    if found.over:
+        policies = ", ".join(rule.policy for rule, _ in counted)
+        return Denial(429, "", Reason("quota", policies, detail="over quota"), found.headers)
+    return found

@@ -19,7 +19,7 @@ from typing import Any
 from services.authz import kinds as authz_kinds
 from services.authz.config import AuthzConfig
 from services.authz.mesh_config import MeshSettings
-from services.catalog.bridge import listener_settings
+from services.catalog.bridge import listener_settings, quota_rules
 from services.catalog.files import PolicyDirectoryChangingError, policy_files
 from services.policy.errors import ErrorSink, PolicyError, PolicyLoadError
 from services.policy.kinds import ApiKind, Collected, Compiled, Kind
@@ -99,6 +99,9 @@ def link(
     xds = xds_kinds.link(collected, listener_settings(authz.mesh))
     derived = [ConfigDocument(d.value, d.line, d.sink) for d in xds.ratelimit_documents]
     ratelimit = ratelimit_kinds.link(collected, derived, merge_domains=options.merge_domains)
+    quotas = quota_rules(xds.config)
+    if quotas:
+        authz = authz.with_quotas(quotas)
     return PolicySet(digest, files, ratelimit, authz, xds.config)
 
 

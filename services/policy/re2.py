@@ -28,6 +28,8 @@ We call the binding's low-level ``re2._re2.RE2`` directly (not ``re2.compile``),
 version of the wrapper can fall back to Python's ``re``: RE2's verdict is the only one.
 """
 
+from collections.abc import Callable
+
 from re2 import Options, _re2
 
 # Envoy's default for the runtime key re2.max_program_size.error_level.
@@ -103,3 +105,18 @@ def quote_meta(text: str) -> str:
     """A regex matching exactly ``text``, escaped as RE2 escapes it (``RE2::QuoteMeta``)."""
     quoted: bytes = _re2.RE2.QuoteMeta(text.encode("utf-8"))
     return quoted.decode("utf-8")
+
+
+def full_matcher(pattern: str) -> Callable[[str], bool]:
+    """A test of whether a whole text matches ``pattern``, as Envoy's ``safe_regex``
+    string matchers test it (``RE2::FullMatch`` on the bytes). Raises ``ValueError``
+    for a pattern Envoy would refuse."""
+    check_re2(pattern)
+    compiled = _re2.RE2(pattern.encode("utf-8"), _OPTIONS)
+    both = _re2.RE2.Anchor.ANCHOR_BOTH
+
+    def matches(text: str) -> bool:
+        raw = text.encode("utf-8", "surrogateescape")
+        return bool(compiled.Match(both, raw, 0, len(raw))[0][0] == 0)
+
+    return matches

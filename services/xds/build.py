@@ -26,7 +26,7 @@ from typing import Any
 from services.policy.re2 import quote_meta
 from services.xds.direct_response import DirectResponse
 from services.xds.gateway import Endpoint, Gateway, Route
-from services.xds.ratelimit_policy import RateLimitPolicy, route_actions
+from services.xds.ratelimit_policy import RateLimitPolicy, counted_in_check, route_actions
 from services.xds.route_match import RouteMatch
 from services.xds.snapshot import (
     CLUSTER,
@@ -195,6 +195,7 @@ def _authz_per_route(gateway: Gateway, route: Route) -> dict[str, Any]:
             "namespace": gateway.meta.namespace,
             "gateway": gateway.name,
             "labels": gateway.labels_text,  # "" says "no labels", not "use the default"
+            "route": route.name,  # whose quotas the Check counts (services/authz/quota.py)
         }
         per_route["check_settings"] = {"context_extensions": extensions}
     else:
@@ -208,9 +209,14 @@ def _route(gateway: Gateway, route: Route, policies: Sequence[RateLimitPolicy]) 
         built["direct_response"] = _direct_response(route.direct_response)
     else:
         built["route"] = _route_action(gateway, route)
-        rate_limits = [
-            route_actions(p) for p in policies if not p.routes or route.name in p.routes
-        ] + [dict(entry) for entry in route.rate_limits]
+        # A route that Checks counts its RateLimitPolicies there (one hop): Envoy gets
+        # no actions for them, so nothing is counted twice. Hand-written ones stay.
+        two_hops = (
+            []
+            if counted_in_check(route)
+            else [route_actions(p) for p in policies if p.covers(route.name)]
+        )
+        rate_limits = two_hops + [dict(entry) for entry in route.rate_limits]
         if rate_limits:
             built["route"]["rate_limits"] = rate_limits
     built["typed_per_filter_config"] = {

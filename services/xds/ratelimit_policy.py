@@ -10,6 +10,7 @@ spec:
   match: {paths: ["/product", "/product/*"], methods: [GET]}   # optional
   limit: {requests: 100, unit: minute}
   countBy: {subject: {}}             # or {claim: tenant}, {clientAddress: {}}, {header: x-api-key}
+  onStoreFailure: deny               # counted inside Check and the store fails: deny (500) or allow
 ```
 
 One policy becomes both halves of Envoy rate limiting, so they cannot disagree:
@@ -36,6 +37,7 @@ COUNT_BY = ("subject", "claim", "clientAddress", "header")
 # envoyproxy/ratelimit's window units; the rate limit service parses the derived
 # descriptors again, so a unit it did not know would still be caught there.
 UNITS = ("second", "minute", "hour", "day", "week", "month", "year")
+STORE_FAILURE_MODES = ("deny", "allow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +55,16 @@ class RateLimitPolicy:
     shadow_mode: bool
     file: str
     line: int
+    # Counted inside Check (one hop): refuse requests when the store cannot count them.
+    deny_on_store_failure: bool = True
 
     @property
     def key(self) -> str:
         return self.meta.key
+
+    def covers(self, route: str) -> bool:
+        """Whether this policy counts requests on the gateway's route ``route``."""
+        return not self.routes or route in self.routes
 
     @property
     def descriptor_key(self) -> str:
@@ -73,7 +81,13 @@ class RateLimitPolicy:
         return bool(self.paths or self.methods or self.headers)
 
 
-def _path_regex(patterns: tuple[str, ...]) -> str:
+def counted_in_check(route: Any) -> bool:
+    """Whether a gateway route's RateLimitPolicies are counted inside its Check (one hop):
+    every route that Checks; one with ``authz: false`` keeps Envoy's ratelimit filter."""
+    return bool(route.authz) and route.direct_response is None
+
+
+def path_regex(patterns: tuple[str, ...]) -> str:
     """Istio value syntax (exact, ``x*``, ``*x``) as one RE2 regex on ``:path`` (query allowed)."""
     parts = []
     for pattern in patterns:
@@ -88,7 +102,7 @@ def _path_regex(patterns: tuple[str, ...]) -> str:
     return "^(?:" + "|".join(parts) + r")(?:\?.*)?$"
 
 
-def _method_regex(methods: tuple[str, ...]) -> str:
+def method_regex(methods: tuple[str, ...]) -> str:
     return "^(?:" + "|".join(quote_meta(m) for m in methods) + ")$"
 
 
@@ -100,10 +114,10 @@ def route_actions(policy: RateLimitPolicy) -> dict[str, Any]:
     if policy.matches_some:
         headers: list[dict[str, Any]] = []
         if policy.paths:
-            regex = _path_regex(policy.paths)
+            regex = path_regex(policy.paths)
             headers.append({"name": ":path", "string_match": {"safe_regex": {"regex": regex}}})
         if policy.methods:
-            regex = _method_regex(policy.methods)
+            regex = method_regex(policy.methods)
             headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": regex}}})
         for name, value in policy.headers:
             if value == "*":
@@ -177,7 +191,7 @@ def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimi
         line,
         sink,
         KIND,
-        {"targetRef", "routes", "match", "limit", "countBy", "shadowMode"},
+        {"targetRef", "routes", "match", "limit", "countBy", "shadowMode", "onStoreFailure"},
         required="a RateLimitPolicy needs a spec",
     )
     if spec is None:
@@ -200,7 +214,7 @@ def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimi
         for path in paths:
             if not path.startswith(("/", "*")):
                 match.error("paths", f"'{path}' must start with / (or be *, *suffix)")
-        if paths and (problem := re2_error(_path_regex(paths))) is not None:
+        if paths and (problem := re2_error(path_regex(paths))) is not None:
             match.error("paths", f"the paths make a :path regex Envoy refuses: {problem}")
         methods = match.strings("methods")
         for method in methods:
@@ -234,6 +248,9 @@ def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimi
                     count.error(count_by, f"the {count_by} name must not be empty")
                 if count_by == "header":
                     count_value = count_value.lower()
+    on_failure = spec.text("onStoreFailure", default="deny")
+    if on_failure not in STORE_FAILURE_MODES:
+        spec.error("onStoreFailure", f"'{on_failure}' must be deny or allow")
     if len(sink.errors) > errors_before:
         return None
     return RateLimitPolicy(
@@ -250,4 +267,5 @@ def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimi
         spec.flag("shadowMode"),
         sink.file,
         top.line,
+        deny_on_store_failure=on_failure == "deny",
     )

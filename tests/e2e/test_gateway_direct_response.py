@@ -214,7 +214,7 @@ class TestDirectResponse:
         assert set(notice["typed_per_filter_config"]) == {"envoy.filters.http.ext_authz"}
         authz = notice["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
         assert "context_extensions" in authz["check_settings"]  # config_dump redacts values
-        assert routes["default"]["route"]["rate_limits"]
+        assert "rate_limits" not in routes["default"]["route"]  # its quota is counted in Check
         clusters = stack.dump_section("ClustersConfigDump").get("dynamic_active_clusters", [])
         names = {c["cluster"]["name"] for c in clusters}
         assert f"{GATEWAY}/default" in names

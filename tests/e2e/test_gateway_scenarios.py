@@ -192,17 +192,12 @@ class TestGeneratedConfig:
         assert hcm["use_remote_address"] is True
         assert hcm["xff_num_trusted_hops"] == 1
 
-    def test_products_route_counts_by_authz_subject(self, stack: GatewayStack) -> None:
-        """The products route's rate_limits take the user from ext_authz metadata 'subject'."""
+    def test_products_route_quota_is_counted_inside_check(self, stack: GatewayStack) -> None:
+        """The products route has no rate limit actions: its Check names the route (one hop)."""
         routes = _routes(stack)
-        actions = [
-            a for limit in routes["products"]["route"]["rate_limits"] for a in limit["actions"]
-        ]
-        metadata = [a["metadata"] for a in actions if "metadata" in a]
-        assert len(metadata) == 1, actions
-        assert metadata[0]["metadata_key"] == {"key": EXT_AUTHZ, "path": [{"key": "subject"}]}
-        assert metadata[0]["descriptor_key"] == "user"
-        assert metadata[0].get("source", "DYNAMIC") == "DYNAMIC"  # the default is omitted
+        assert "rate_limits" not in routes["products"]["route"]
+        products = routes["products"]["typed_per_filter_config"][EXT_AUTHZ]
+        assert "context_extensions" in products["check_settings"]  # config_dump redacts values
         health = routes["health"]["typed_per_filter_config"][EXT_AUTHZ]
         assert health.get("disabled") is True
 

@@ -51,10 +51,12 @@ def test_compare_runs_both_loops_checks_every_stack_and_draws_the_plots(tmp_path
     }
     for run in line["runs"]:
         assert run["k6"]["wrong"] == 0 and run["k6"]["judged"] > 0
-        assert not [flag for flag in run["flags"] if flag.startswith(("Envoy", "preflight"))], run[
-            "flags"
-        ]
-    assert runs["mixerless-memory", "closed"]["envoy_counters"]["ratelimit.ok+over_limit"] > 0
+        assert not [
+            flag for flag in run["flags"] if flag.startswith(("Envoy", "mixerless", "preflight"))
+        ], run["flags"]
+    counted = runs["mixerless-memory", "closed"]["envoy_counters"]
+    assert counted["ratelimit.ok+over_limit"] == 0  # one hop: the Check counts the quota
+    assert counted["mixerless quota hits"] > 0
     assert all(
         (tmp_path / name).stat().st_size > 0 for name in ("throughput.png", "cpu-per-request.png")
     )
@@ -85,6 +87,20 @@ def test_coverage_flags_a_mixerless_run_whose_rate_limiter_saw_fewer_requests() 
     seen, problems = coverage(_stack("mixerless-memory"), before, after, _k6(100, 35))
     assert seen["ratelimit.ok+over_limit"] == 25
     assert problems == ["Envoy ratelimit.ok+over_limit = 25, expected 35"]
+
+
+def test_coverage_takes_mixerless_own_quota_counts_when_envoy_asked_no_rate_limiter() -> None:
+    """One hop: quota requests are covered by mixerless's hits, and a shortfall is named."""
+    after = {
+        "http.public_http.downstream_rq_total": 100,
+        "http.public_http.downstream_rq_completed": 100,
+        "http.public_http.ext_authz.ok": 90,
+        "http.public_http.ext_authz.denied": 10,
+    }
+    _, problems = coverage(_stack("mixerless-memory"), {}, after, _k6(100, 35), quota_hits=35)
+    assert problems == []
+    _, problems = coverage(_stack("mixerless-memory"), {}, after, _k6(100, 35), quota_hits=30)
+    assert problems == ["mixerless quota hits = 30, expected 35"]
 
 
 def test_coverage_accepts_an_in_proxy_run_whose_filters_saw_every_request() -> None:

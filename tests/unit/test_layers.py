@@ -8,7 +8,7 @@ import grimp
 import pytest
 
 # Top to bottom. A module may import from its own layer and the layers below it.
-SERVING = ("cli", "serve", "settings", "options", "http_server", "demo", "__main__")
+SERVING = ("cli", "serve", "one_hop", "settings", "options", "http_server", "demo", "__main__")
 CATALOG = ("catalog",)
 SERVICES = ("authz", "ratelimit", "xds")  # independent of each other
 TOOLKIT = ("policy", "metrics", "clock", "envoy_api", "grpc_server", "logs")

@@ -8,7 +8,7 @@ import pytest
 from services.catalog.loader import LoadOptions, PolicySet, load_directory
 from services.policy.errors import PolicyLoadError
 from services.policy.re2 import ENVOY_MAX_PROGRAM_SIZE, check_re2, re2_error
-from services.xds.ratelimit_policy import _path_regex
+from services.xds.ratelimit_policy import path_regex
 
 # (a|b|...|z){50}: valid RE2, but its program is far over Envoy's default limit of 100.
 HUGE = "(" + "|".join("abcdefghijklmnopqrstuvwxyz") + "){50}"
@@ -169,6 +169,6 @@ class TestGeneratedRegexes:
 
     def test_path_values_are_quoted_as_re2_quotes_them(self) -> None:
         """Istio path values become literal RE2 (RE2::QuoteMeta): '.' and '+' match themselves."""
-        regex = _path_regex(("/a.b+c", "/v1/*"))
+        regex = path_regex(("/a.b+c", "/v1/*"))
         assert re2_error(regex) is None
         assert regex == r"^(?:\/a\.b\+c|\/v1\/[^?]*)(?:\?.*)?$"

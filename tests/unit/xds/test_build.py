@@ -57,7 +57,7 @@ class TestBuild:
         assert hcm["use_remote_address"] is True
 
     def test_routes_carry_authz_context_and_quota(self, policies: PolicySet) -> None:
-        """Routes name the gateway for authz; the quota route has actions; health skips authz."""
+        """Routes name the gateway and route for authz, which counts the quota (no actions)."""
         routes = {
             r["name"]: r
             for r in resources(policies)[ROUTE]["public/http"]["virtual_hosts"][0]["routes"]
@@ -67,10 +67,9 @@ class TestBuild:
             "namespace": "istio-system",
             "gateway": "public",
             "labels": "istio=ingressgateway",
+            "route": "products",
         }
-        assert routes["products"]["route"]["rate_limits"][0]["actions"][-1]["metadata"][
-            "metadata_key"
-        ] == {"key": "envoy.filters.http.ext_authz", "path": [{"key": "subject"}]}
+        assert "rate_limits" not in routes["products"]["route"]  # counted inside Check
         assert routes["health"]["typed_per_filter_config"]["envoy.filters.http.ext_authz"][
             "disabled"
         ]
@@ -155,7 +154,7 @@ class TestDirectResponseRoutes:
     def test_route_is_a_direct_response_with_authz_context(self, tmp_path: Path) -> None:
         """A directResponse route is Envoy's direct_response plus the usual ext_authz setting."""
         routes = direct_routes(tmp_path)
-        authz = routes["default"]["typed_per_filter_config"]
+        authz = routes["maintenance"]["typed_per_filter_config"]
         assert routes["maintenance"] == {
             "name": "maintenance",
             "match": {"prefix": "/orders"},
@@ -163,7 +162,12 @@ class TestDirectResponseRoutes:
             "typed_per_filter_config": authz,
         }
         assert authz["envoy.filters.http.ext_authz"]["check_settings"] == {
-            "context_extensions": {"namespace": "shop", "gateway": "edge", "labels": "app=shop"}
+            "context_extensions": {
+                "namespace": "shop",
+                "gateway": "edge",
+                "labels": "app=shop",
+                "route": "maintenance",
+            }
         }
 
     def test_bytes_body_and_authz_off(self, tmp_path: Path) -> None:
@@ -184,10 +188,9 @@ class TestDirectResponseRoutes:
         }
 
     def test_policy_for_every_route_skips_direct_responses(self, tmp_path: Path) -> None:
-        """A policy without routes becomes actions on backend routes only."""
+        """A policy without routes counts on backend routes (inside Check) and no other."""
         routes = direct_routes(tmp_path)
-        [limit] = routes["default"]["route"]["rate_limits"]
-        assert limit["actions"][0]["generic_key"]["descriptor_value"] == "shop/everywhere"
+        assert "rate_limits" not in routes["default"]["route"]
         for name in ("maintenance", "blob", "empty"):
             assert "route" not in routes[name]
             assert set(routes[name]["typed_per_filter_config"]) == {"envoy.filters.http.ext_authz"}

@@ -273,6 +273,20 @@ class TestRateLimitPolicy:
         assert match is not None
         assert (match.limit.requests_per_unit, match.limit.unit) == (7, Unit.HOUR)
 
+    def test_on_store_failure_is_deny_or_allow(self, tmp_path: Path) -> None:
+        """onStoreFailure defaults to deny; another word is an error naming the field."""
+        limit = "limit: {requests: 5, unit: minute}\n"
+        [policy] = load(tmp_path, GATEWAY, quota(limit)).xds.gateways[0].policies
+        assert policy.deny_on_store_failure
+        [policy] = (
+            load(tmp_path, GATEWAY, quota(limit + "onStoreFailure: allow\n"))
+            .xds.gateways[0]
+            .policies
+        )
+        assert not policy.deny_on_store_failure
+        found = errors(tmp_path, GATEWAY, quota(limit + "onStoreFailure: local\n"))
+        assert any("spec.onStoreFailure: 'local' must be deny or allow" in e for e in found), found
+
     def test_global_quota(self, tmp_path: Path) -> None:
         """Without countBy and match, one counter counts every request of the policy."""
         policy_set = load(tmp_path, GATEWAY, quota("limit: {requests: 3, unit: second}\n"))
