@@ -39,7 +39,7 @@ from harness.gateway_runs import RunPlan, measure
 from harness.k6 import find_k6
 from harness.processes import terminate_on_sigterm
 from harness.report import append_result, versions
-from harness.stacks import STACKS, Pinning, find_envoy
+from harness.stacks import STACKS, Pinning, find_envoy, with_baseline
 
 BASELINES = ("envoy", "noop-aio", "noop-sync")
 STARTUP_S = 4.0  # starting a stack, checking it, minting tokens: a rough figure for the ETA
@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--envoy-concurrency", type=int, default=2, help="Envoy worker threads")
     parser.add_argument(
         "--busy-above", type=float, default=0.25, help="flag runs where others used more cores"
+    )
+    parser.add_argument(
+        "--baseline",
+        help="another checkout: adds <stack>@baseline for each mixerless stack, run from it",
     )
     parser.add_argument("--server-tree", help="run mixerless from this source tree instead")
     parser.add_argument(
@@ -165,10 +169,11 @@ def main() -> int:
     if args.quick:
         args.rounds, args.duration, args.warmup, args.open_duration = 1, 4, 1, 4
         args.rates = "200" if args.rates == _parser().get_default("rates") else args.rates
+    known = with_baseline(STACKS, str(Path(args.baseline).resolve())) if args.baseline else STACKS
     stacks = [s.strip() for s in args.stacks.split(",") if s.strip()]
-    unknown = [s for s in stacks if s not in STACKS]
+    unknown = [s for s in stacks if s not in known]
     if unknown:
-        print(f"unknown stack(s) {', '.join(unknown)}; known: {', '.join(STACKS)}", file=sys.stderr)
+        print(f"unknown stack(s) {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr)
         return 2
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
     pinning = Pinning(
@@ -218,7 +223,7 @@ def main() -> int:
         for number, (stack, plan, what) in enumerate(plans, 1):
             progress.show(f"{stack}: {what}")
             run = measure(
-                STACKS[stack], plan, pinning, out / f"{number:02d}-{stack}", args.server_tree
+                known[stack], plan, pinning, out / f"{number:02d}-{stack}", args.server_tree
             )
             runs.append(run)
             k6 = run["k6"]

@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class StackSpec:
     flavour: str = "aio"  # noop: aio | sync
     store: str = "memory"  # mixerless: memory | redis
     serve_args: tuple[str, ...] = ()  # mixerless: extra `mixerless serve` arguments
+    tree: str | None = None  # mixerless: run this source tree's services (a baseline)
     # Environment for the k6/locust judge: a stack without policies answers 200 to all.
     judge: dict[str, str] = field(default_factory=dict)
 
@@ -87,6 +88,19 @@ STACKS: dict[str, StackSpec] = {
         ),
     )
 }
+
+
+def with_baseline(stacks: dict[str, StackSpec], tree: str) -> dict[str, StackSpec]:
+    """``stacks`` plus, for each mixerless stack, ``<name>@baseline`` running from ``tree``
+    (another checkout), so a change is measured against the code before it in one run."""
+    added = {
+        f"{spec.name}@baseline": replace(
+            spec, name=f"{spec.name}@baseline", about=f"{spec.about} ({tree})", tree=tree
+        )
+        for spec in stacks.values()
+        if spec.kind == "mixerless"
+    }
+    return {**stacks, **added}
 
 
 @dataclass(frozen=True)
@@ -228,7 +242,8 @@ def start_stack(
         )
     elif spec.kind == "mixerless":
         ports = (port, admin_port, backend_port)
-        _start_mixerless(spec, procs, workdir, pinning, policies, ports, running, server_tree)
+        tree = spec.tree or server_tree
+        _start_mixerless(spec, procs, workdir, pinning, policies, ports, running, tree)
     else:
         raise ValueError(f"unknown stack kind {spec.kind!r}")
     envoy, envoy_log = _start_envoy(procs, config, workdir, pinning)
