@@ -57,7 +57,7 @@ def quota_rules(xds: XdsConfig) -> QuotaRules:
     for compiled in xds.gateways:
         gateway = compiled.gateway
         for route in gateway.routes:
-            if not counted_in_check(route):
+            if not counted_in_check(gateway, route):
                 continue
             rules = tuple(
                 _quota_rule(gateway.domain, policy)

@@ -213,7 +213,7 @@ def _route(gateway: Gateway, route: Route, policies: Sequence[RateLimitPolicy]) 
         # no actions for them, so nothing is counted twice. Hand-written ones stay.
         two_hops = (
             []
-            if counted_in_check(route)
+            if counted_in_check(gateway, route)
             else [route_actions(p) for p in policies if p.covers(route.name)]
         )
         rate_limits = two_hops + [dict(entry) for entry in route.rate_limits]

@@ -24,11 +24,14 @@ One policy becomes both halves of Envoy rate limiting, so they cannot disagree:
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.policy.errors import ErrorSink
 from services.policy.k8s import ObjectMeta, read_spec
 from services.policy.re2 import quote_meta, re2_error
+
+if TYPE_CHECKING:  # gateway.py does not import this module; the names are for types only
+    from services.xds.gateway import Gateway, Route
 
 KIND = "RateLimitPolicy"
 AUTHZ_METADATA = "envoy.filters.http.ext_authz"
@@ -81,10 +84,12 @@ class RateLimitPolicy:
         return bool(self.paths or self.methods or self.headers)
 
 
-def counted_in_check(route: Any) -> bool:
+def counted_in_check(gateway: "Gateway", route: "Route") -> bool:
     """Whether a gateway route's RateLimitPolicies are counted inside its Check (one hop):
-    every route that Checks; one with ``authz: false`` keeps Envoy's ratelimit filter."""
-    return bool(route.authz) and route.direct_response is None
+    every route that Checks, unless the gateway names a rate limit service of its own
+    (``rateLimit.address``), which then counts them through Envoy's ratelimit filter, as
+    does every route with ``authz: false``."""
+    return route.authz and route.direct_response is None and gateway.rate_limit.address is None
 
 
 def path_regex(patterns: tuple[str, ...]) -> str:

@@ -11,6 +11,7 @@ from services.ratelimit.match import find_limit
 from services.ratelimit.model import DescriptorRequest, Unit
 from services.xds.direct_response import DirectResponse
 from services.xds.ratelimit_policy import route_actions
+from services.xds.snapshot import ROUTE
 
 GATEWAY = """
 apiVersion: mixerless.io/v1alpha1
@@ -272,6 +273,17 @@ class TestRateLimitPolicy:
         match = find_limit(policy_set.ratelimit, "public", DescriptorRequest(sent))
         assert match is not None
         assert (match.limit.requests_per_unit, match.limit.unit) == (7, Unit.HOUR)
+
+    def test_one_hop_unless_the_gateway_names_a_rate_limit_service(self, tmp_path: Path) -> None:
+        """Quotas are counted in the Check; with rateLimit.address, by Envoy's filter there."""
+        limit = "limit: {requests: 5, unit: minute}\n"
+        one_hop = load(tmp_path, GATEWAY, quota(limit))
+        assert set(one_hop.authz.quotas) == {("public", "products"), ("public", "default")}
+        own = GATEWAY.replace("spec:\n", 'spec:\n  rateLimit: {address: "rls.internal:8081"}\n', 1)
+        two_hops = load(tmp_path, own, quota(limit))
+        assert two_hops.authz.quotas == {}
+        routes = two_hops.xds.gateways[0].resources[ROUTE]["public/http"]["virtual_hosts"][0]
+        assert all(route["route"]["rate_limits"] for route in routes["routes"])
 
     def test_on_store_failure_is_deny_or_allow(self, tmp_path: Path) -> None:
         """onStoreFailure defaults to deny; another word is an error naming the field."""
