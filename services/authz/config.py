@@ -77,7 +77,8 @@ class AuthzConfig:
 
 
 def describe_authz(config: AuthzConfig) -> dict[str, object]:
-    """The authz part of ``/debug/config``: mesh settings, policies and JWT rules."""
+    """The authz part of ``/debug/config``: mesh settings, policies, JWT rules and the
+    quotas counted inside Check."""
     mesh = config.mesh
 
     def attachment(policy_attachment: object) -> str:
@@ -108,4 +109,9 @@ def describe_authz(config: AuthzConfig) -> dict[str, object]:
             f"{attachment(a.attachment)} ({a.file}:{a.line})"
             for a in config.authentications
         ],
+        # gateway/route -> the RateLimitPolicies its Check counts (one hop)
+        "quotasInCheck": {
+            f"{gateway}/{route}": [rule.policy for rule in rules]
+            for (gateway, route), rules in sorted(config.quotas.items())
+        },
     }
