@@ -12,10 +12,11 @@ A body is at most ``MAX_BODY_BYTES``, Envoy's default
 ``RouteConfiguration.max_direct_response_body_size_bytes``: Envoy would refuse the
 whole route configuration with a larger one.
 
-ext_authz applies to such a route as to any other; rate limits cannot (``NOT_RATE_LIMITED``):
-Envoy's ratelimit filter sends no descriptors for a route without a RouteAction, whether
-the actions are on the virtual host, the filter or ``RateLimitPerRoute.rate_limits``
-(measured with Envoy 1.40; ``tests/e2e/test_gateway_direct_response.py`` keeps checking).
+ext_authz applies to such a route as to any other, and so do the quotas counted inside the
+Check (one hop). Envoy's own rate limiting cannot (``NOT_RATE_LIMITED``): its ratelimit
+filter sends no descriptors for a route without a RouteAction, whether the actions are on
+the virtual host, the filter or ``RateLimitPerRoute.rate_limits`` (measured with Envoy
+1.40; ``tests/e2e/test_gateway_direct_response.py`` keeps checking).
 """
 
 import base64

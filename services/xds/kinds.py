@@ -1,8 +1,8 @@
 """The kinds the xds service reads, and what it makes of them as a set.
 
 ``Gateway`` and ``RateLimitPolicy`` (``mixerless.io/v1alpha1``). Linking checks
-what they name (a policy's gateway and routes, which must have a backend: Envoy does
-not rate limit a ``directResponse`` route; node ids served by one gateway only),
+what they name (a policy's gateway and routes; a ``directResponse`` route only where the
+Check counts its quota, since Envoy's filter cannot; node ids served by one gateway only),
 compiles each gateway's Envoy resources once, and derives each gateway's rate limit
 domain: the envoyproxy/ratelimit descriptors its policies count by, which the catalog
 hands to the rate limit service.
@@ -19,6 +19,7 @@ from services.xds.gateway_config import GatewayConfig, compile_gateway_config
 from services.xds.ratelimit_policy import (
     RateLimitPolicy,
     compile_rate_limit_policy,
+    counted_in_check,
     descriptor_config,
 )
 
@@ -85,8 +86,12 @@ def link(collected: Collected, settings: ListenerSettings) -> Linked:
             if route is None:
                 message = f"Gateway {target.name} has no route '{name}'"
                 quota.sink.add(quota.line, "spec.routes", message)
-            elif route.direct_response is not None:
-                message = f"route '{name}' of Gateway {target.name}: {NOT_RATE_LIMITED}"
+            elif route.direct_response is not None and not counted_in_check(target, route):
+                why = "authz: false" if not route.authz else "the Gateway's rateLimit.address"
+                message = (
+                    f"route '{name}' of Gateway {target.name}: {NOT_RATE_LIMITED}, and with "
+                    f"{why} it is not counted inside the Check either"
+                )
                 quota.sink.add(quota.line, "spec.routes", message)
         derived.setdefault(target.name, []).append(descriptor_config(quota.value))
     documents = tuple(

@@ -86,10 +86,11 @@ class RateLimitPolicy:
 
 def counted_in_check(gateway: "Gateway", route: "Route") -> bool:
     """Whether a gateway route's RateLimitPolicies are counted inside its Check (one hop):
-    every route that Checks, unless the gateway names a rate limit service of its own
-    (``rateLimit.address``), which then counts them through Envoy's ratelimit filter, as
-    does every route with ``authz: false``."""
-    return route.authz and route.direct_response is None and gateway.rate_limit.address is None
+    every route that Checks, ``directResponse`` ones included, unless the gateway names a
+    rate limit service of its own (``rateLimit.address``), which then counts them through
+    Envoy's ratelimit filter, as does every route with ``authz: false``. (The filter
+    cannot count a ``directResponse`` route: it has no RouteAction to carry actions.)"""
+    return route.authz and gateway.rate_limit.address is None
 
 
 def path_regex(patterns: tuple[str, ...]) -> str:

@@ -5,8 +5,9 @@ direct-response routes. ``notice`` answers ``/api/notice`` itself (a path the de
 AuthorizationPolicies protect: a token is required); ``teapot`` answers
 ``/public/teapot`` with a base64-given body. Neither has a cluster. A RateLimitPolicy
 for every route limits ``/api/*`` to ``API_LIMIT`` calls a minute per verified subject:
-it counts the backend routes only, since Envoy does not rate limit a direct response,
-which the last test checks against Envoy itself, with no mixerless config in between.
+the Check counts it on every route, direct responses included, although Envoy's own rate
+limit filter could not (the last test checks that against Envoy itself, with no mixerless
+config in between).
 """
 
 import base64
@@ -197,14 +198,18 @@ class TestDirectResponse:
         expired = stack.request("/api/notice", bearer("expired"))
         assert (expired.status, expired.text()) == (401, "Jwt is expired"), expired
 
-    def test_every_route_quota_counts_backend_routes_only(self, stack: GatewayStack) -> None:
-        """A policy for every route leaves directResponse calls uncounted; /api/orders gets 429."""
+    def test_every_route_quota_counts_direct_responses_in_the_check(
+        self, stack: GatewayStack
+    ) -> None:
+        """A policy for every route counts /api/notice in its Check, on alice's one counter."""
         wait_for_fresh_window(60, at_least=10)
-        notices = [stack.request("/api/notice", bearer("alice")) for _ in range(API_LIMIT + 2)]
-        assert {(r.status, r.text()) for r in notices} == {(200, NOTICE)}, notices
-        assert all("x-ratelimit-limit" not in r.headers for r in notices), notices
-        orders = [stack.request("/api/orders", bearer("alice")) for _ in range(API_LIMIT + 1)]
-        assert [r.status for r in orders] == [200] * API_LIMIT + [429], orders
+        notices = [stack.request("/api/notice", bearer("alice")) for _ in range(API_LIMIT + 1)]
+        assert [r.status for r in notices] == [200] * API_LIMIT + [429], notices
+        assert notices[0].text() == NOTICE
+        assert notices[0].headers["x-ratelimit-remaining"] == str(API_LIMIT - 1)
+        assert notices[-1].headers["x-envoy-ratelimited"] == "true"
+        assert stack.request("/api/orders", bearer("alice")).status == 429  # the same counter
+        assert stack.request("/api/orders", bearer("bob")).status == 200
 
     def test_no_cluster_and_no_rate_limits(self, stack: GatewayStack) -> None:
         """Envoy holds notice as a direct_response with ext_authz context, no cluster, no limits."""

@@ -183,15 +183,24 @@ class TestDirectResponse:
         assert route.direct_response == DirectResponse(503, expected)
         assert route.endpoints == ()
 
-    def test_policy_cannot_name_a_direct_response(self, tmp_path: Path) -> None:
-        """A RateLimitPolicy naming a directResponse route is an error at its spec.routes."""
+    def test_a_direct_response_quota_is_counted_in_its_check(self, tmp_path: Path) -> None:
+        """A RateLimitPolicy may name a directResponse route: its Check counts the quota."""
         gateway = GATEWAY.replace(BACKEND, "directResponse: {status: 503}", 1)
+        loaded = load(
+            tmp_path, gateway, quota("routes: [products]\nlimit: {requests: 5, unit: minute}\n")
+        )
+        assert [r.policy for r in loaded.authz.quotas["public", "products"]] == ["istio-system/q"]
+
+    def test_policy_cannot_name_a_direct_response_without_a_check(self, tmp_path: Path) -> None:
+        """With authz: false nothing could count it: an error at the policy's spec.routes."""
+        gateway = GATEWAY.replace(BACKEND, "directResponse: {status: 503}\n    authz: false", 1)
         found = errors(
             tmp_path, gateway, quota("routes: [products]\nlimit: {requests: 5, unit: minute}\n")
         )
         assert any(
             line.startswith("p1.yaml:1: spec.routes: route 'products' of Gateway public: ")
             and NOT_RATE_LIMITED in line
+            and "with authz: false it is not counted inside the Check either" in line
             for line in found
         ), found
 
