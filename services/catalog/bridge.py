@@ -56,13 +56,15 @@ def quota_rules(xds: XdsConfig) -> QuotaRules:
     found: dict[tuple[str, str], tuple[QuotaRule, ...]] = {}
     for compiled in xds.gateways:
         gateway = compiled.gateway
+        # One rule (and one RE2 compile) per policy, shared by the routes it covers.
+        by_policy = {
+            policy.key: _quota_rule(gateway.domain, policy) for policy in compiled.policies
+        }
         for route in gateway.routes:
             if not counted_in_check(gateway, route):
                 continue
             rules = tuple(
-                _quota_rule(gateway.domain, policy)
-                for policy in compiled.policies
-                if policy.covers(route.name)
+                by_policy[policy.key] for policy in compiled.policies if policy.covers(route.name)
             )
             if rules:
                 found[(gateway.name, route.name)] = rules
