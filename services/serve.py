@@ -105,7 +105,6 @@ class Application:
                 settings.ratelimit,
                 cache,
             )
-            self.view.checks[self.store.name] = self.store.ping
         if "ratelimit" in settings.services and counting is not None:
             service = counting
             servicer = RateLimitServicer(service, self.metrics)
@@ -118,6 +117,10 @@ class Application:
             )
             self.grpc_servers.append(self.ratelimit)
             self.view.ratelimit = service
+            # Readiness follows the store only where the rate limit port is served: an
+            # authz-only process stays ready, its quotas following onStoreFailure instead.
+            if self.store is not None:
+                self.view.checks[self.store.name] = self.store.ping
         self.authz: GrpcServer | None = None
         self.jwt: JwtAuthenticator | None = None
         self.providers: ProviderClients | None = None

@@ -7,6 +7,7 @@ service of its own over Redis (there is no rate limit port). The gateway ``edge`
 """
 
 import asyncio
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ async def fixture_authz(tmp_path: Path, private_redis: RedisServer) -> AsyncIter
     assert app.authz is not None and app.ratelimit is None
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.authz.port}")
     try:
-        yield api.AuthorizationStub(channel)
+        yield api.AuthorizationStub(channel), f"http://127.0.0.1:{app.http.port}/readyz"
     finally:
         await channel.close()
         await app.stop()
@@ -106,12 +107,15 @@ async def status_of(stub: Any, path: str) -> int:
 async def test_redis_outage_follows_each_policys_failure_mode_and_keeps_authz(
     authz: Any, private_redis: RedisServer
 ) -> None:
-    """Redis down: strict quota 500, lenient 200, denied paths still 403; back up: 200."""
+    """Redis down: strict 500, lenient 200, denied paths 403, still ready; back up: 200."""
+    authz, readyz = authz
     paths = ("/strict/a", "/lenient/a", "/strict/admin", "/lenient/admin")
     assert [await status_of(authz, p) for p in paths] == [200, 200, 403, 403]
     private_redis.pause()  # stopped, not gone: every command times out
     try:
         assert [await status_of(authz, p) for p in paths] == [500, 200, 403, 403]
+        ready = await asyncio.to_thread(lambda: urllib.request.urlopen(readyz, timeout=5).status)
+        assert ready == 200  # authorization does not leave the Service with Redis
     finally:
         private_redis.resume()
     assert [await status_of(authz, p) for p in paths] == [200, 200, 403, 403]
