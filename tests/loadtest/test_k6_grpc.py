@@ -6,13 +6,12 @@ how fast the services are: the machine is shared, so no latency is asserted.
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.k6 import find_k6  # a missing k6 fails the test, as Envoy does
 
 SCRIPT = Path(__file__).resolve().parents[2] / "loadtest" / "k6" / "grpc.js"
 # Settings of the script that must not leak in from the caller's environment.
@@ -23,16 +22,6 @@ SCENARIO_ENV = (
     "SUMMARY",
 )  # fmt: skip
 CHECK_CLASSES = ("check_valid", "check_missing", "check_expired", "check_bad_signature")
-
-
-def k6_binary() -> str:
-    found = shutil.which("k6")
-    if found:
-        return found
-    beside = Path(sys.executable).parent / "k6"
-    if beside.exists():
-        return str(beside)
-    pytest.skip("k6 is not installed (the loadtest extra installs it into the venv)")
 
 
 def run_k6(
@@ -53,7 +42,7 @@ def run_k6(
         "K6_NO_USAGE_REPORT": "true",
         **env,
     }
-    command = [k6_binary(), "run", "--quiet", "--address", "", str(SCRIPT)]
+    command = [find_k6(), "run", "--quiet", "--address", "", str(SCRIPT)]
     done = subprocess.run(
         command, env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=90
     )
