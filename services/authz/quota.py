@@ -118,8 +118,11 @@ def route_rules(quotas: QuotaRules, context: Mapping[str, str]) -> tuple[QuotaRu
     return quotas.get((context.get("gateway", ""), route), ())
 
 
-# Envoy's ratelimit filter refusing a request whose counts could not be made, with
-# failure_mode_deny (ratelimit.cc, ``status_on_error``): 500, an empty body, no headers.
+# Envoy's ratelimit filter (ratelimit.cc): over limit, a local reply with its default
+# ``rate_limited_status`` and an empty body (the x-ratelimit headers come with the counts);
+# with failure_mode_deny and counts that could not be made, ``status_on_error``: 500, an
+# empty body, no headers.
+RATE_LIMITED_STATUS = 429
 STORE_FAILURE_STATUS = 500
 STORE_FAILURE_HEADERS: tuple[Header, ...] = ()
 

@@ -37,6 +37,7 @@ from services.authz.plan import WorkloadPlan
 from services.authz.providers.client import AuthzProviderClient, ProviderDecision
 from services.authz.providers.config import Provider
 from services.authz.quota import (
+    RATE_LIMITED_STATUS,
     STORE_FAILURE_HEADERS,
     STORE_FAILURE_STATUS,
     Entries,
@@ -220,5 +221,6 @@ async def quota(
         return QuotaAnswer(False)
     if found.over:
         policies = ", ".join(rule.policy for rule, _ in counted)
-        return Denial(429, "", Reason("quota", policies, detail="over quota"), found.headers)
+        reason = Reason("quota", policies, detail="over quota")
+        return Denial(RATE_LIMITED_STATUS, "", reason, found.headers)
     return found

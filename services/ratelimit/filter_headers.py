@@ -9,7 +9,7 @@ it follows, in envoyproxy/envoy, are:
   (``XRateLimitHeaderUtils::populateHeaders`` and ``convertRateLimitUnit``): the
   ``enable_x_ratelimit_headers: DRAFT_VERSION_03`` headers;
 * ``source/extensions/filters/http/ratelimit/ratelimit.cc`` (``Filter::complete``): which
-  headers go on which response, the over-limit local reply and the error local reply;
+  headers go on which response;
 * ``source/extensions/filters/common/ratelimit/ratelimit_impl.cc``
   (``GrpcClientImpl::onSuccess``/``onFailure``): how a ``RateLimitResponse`` or a failed
   call reaches the filter.
@@ -30,22 +30,11 @@ X_RATELIMIT_LIMIT = "x-ratelimit-limit"
 X_RATELIMIT_REMAINING = "x-ratelimit-remaining"
 X_RATELIMIT_RESET = "x-ratelimit-reset"
 
-# Over limit (and enforced): a local reply with ``rate_limited_status`` (default 429),
-# this header unless ``disable_x_envoy_ratelimited_header``, and the response's
-# ``raw_body`` as body (mixerless never sets it, so the body is empty).
-RATE_LIMITED_STATUS = 429
+# Over limit (and enforced), this header unless ``disable_x_envoy_ratelimited_header``. The
+# local reply's status (429) and the one on a failed call (``status_on_error``, 500, no
+# header of the filter's own) are answered by the Check: ``services/authz/quota.py``.
 X_ENVOY_RATELIMITED = "x-envoy-ratelimited"
 X_ENVOY_RATELIMITED_HEADER: Header = (X_ENVOY_RATELIMITED, "true")
-RATE_LIMITED_HEADERS: tuple[Header, ...] = (X_ENVOY_RATELIMITED_HEADER,)
-RATE_LIMITED_BODY = ""
-
-# The call failed (gRPC error, timeout, no connection) and ``failure_mode_deny`` is
-# true: a local reply with ``status_on_error`` (default 500), an empty body and no
-# header of the filter's own (the response flag RLSE goes to the access log only).
-# With ``failure_mode_deny`` false the request goes on untouched.
-SERVICE_ERROR_STATUS = 500
-SERVICE_ERROR_HEADERS: tuple[Header, ...] = ()
-SERVICE_ERROR_BODY = ""
 
 # convertRateLimitUnit; a unit missing here (UNKNOWN) has window 0 and is left out of
 # the quota policy. MONTH and YEAR are fixed 30 and 365 days, as in envoyproxy/ratelimit.
@@ -58,13 +47,6 @@ _WINDOW_SECONDS: dict[Unit, int] = {
     Unit.MONTH: 2_592_000,
     Unit.YEAR: 31_536_000,
 }
-
-
-def rate_limited_status(configured: int | None = None) -> int:
-    """The over-limit status for a configured ``rate_limited_status``: below 400 means 429."""
-    if configured is None or configured < 400:
-        return RATE_LIMITED_STATUS
-    return configured
 
 
 def window_seconds(unit: Unit) -> int:
