@@ -24,11 +24,10 @@ from typing import Any
 
 import yaml
 
+# The type URLs mixerless's own gateways use, so the baselines are configured alike.
+from services.xds.build import EXT_AUTHZ, EXT_AUTHZ_PER_ROUTE, HCM, HTTP_OPTIONS, ROUTER
+
 _T = "type.googleapis.com/"
-HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ROUTER = _T + "envoy.extensions.filters.http.router.v3.Router"
-EXT_AUTHZ = _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
-EXT_AUTHZ_PER_ROUTE = _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 JWT_AUTHN = _T + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 RBAC = _T + "envoy.extensions.filters.http.rbac.v3.RBAC"
 LOCAL_RATELIMIT = _T + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
@@ -95,7 +94,7 @@ def _static_cluster(name: str, port: int, http2: bool = False) -> dict[str, Any]
     if http2:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "@type": HTTP_OPTIONS,
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         }
