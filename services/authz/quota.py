@@ -41,6 +41,11 @@ class QuotaRule:
     count_name: str = ""  # the claim or header
     deny_on_store_failure: bool = True
 
+    @property
+    def reads_headers(self) -> bool:
+        """Whether the request's headers (as ext_authz leaves them) decide this rule."""
+        return bool(self.headers) or self.count_from == "header"
+
     def matches(self, request: HttpRequest) -> bool:
         """Envoy's ``header_value_match`` action: every listed test holds."""
         if self.path is not None and not self.path(request.path):

@@ -202,7 +202,9 @@ async def quota(
     """The quota step of an allowed request on a route with quotas: count what the rules'
     descriptors say (one call, hits 1), refuse it over quota, and decide by the rules'
     failure mode when nothing could be counted."""
-    seen = upstream_view(request, effects.upstream, effects.upstream_remove)
+    seen = request  # the header view with the Check's changes is built only when read
+    if any(rule.reads_headers for rule in rules):
+        seen = upstream_view(request, effects.upstream, effects.upstream_remove)
     counted: list[tuple[QuotaRule, Entries]] = []
     for rule in rules:
         entries = rule.descriptor(seen, effects.metadata, client)

@@ -111,6 +111,18 @@ class TestStage:
         await stages.quota(rules, request(**{"x-user-id": "forged"}), effects, "", counter)
         assert [entries[-1] for _, entries in counter.counts] == [("header", "alice")]
 
+    async def test_a_header_match_reads_the_headers_authz_set_upstream(self) -> None:
+        """match.headers sees the Check's header changes too, as the filter after it would."""
+        counter = FakeCounter()
+        rules = (rule(headers=(("x-tier", "gold"),)),)
+        effects = Effects(upstream=(("x-tier", "gold"),))
+        await stages.quota(rules, request(), effects, "", counter)
+        assert len(counter.counts) == 1
+        await stages.quota(
+            rules, request(**{"x-tier": "gold"}), Effects(upstream_remove=("x-tier",)), "", counter
+        )
+        assert sum(counter.counts.values()) == 1  # removed upstream: not matched
+
     @pytest.mark.parametrize(("deny", "expected"), [(True, 500), (False, 200)])
     async def test_store_failure_follows_the_rules_failure_mode(
         self, deny: bool, expected: int
