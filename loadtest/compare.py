@@ -39,7 +39,9 @@ from harness.gateway_runs import RunPlan, measure
 from harness.k6 import find_k6
 from harness.processes import terminate_on_sigterm
 from harness.report import append_result, versions
-from harness.stacks import STACKS, Pinning, find_envoy, with_baseline
+from harness.stacks import STACKS, Pinning, with_baseline
+
+from services.demo.runner import find_envoy
 
 BASELINES = ("envoy", "noop-aio", "noop-sync")
 STARTUP_S = 4.0  # starting a stack, checking it, minting tokens: a rough figure for the ETA

