@@ -105,9 +105,8 @@ class Application:
                 settings.ratelimit,
                 cache,
             )
-        if "ratelimit" in settings.services and counting is not None:
-            service = counting
-            servicer = RateLimitServicer(service, self.metrics)
+        if "ratelimit" in settings.services and counting is not None and self.store is not None:
+            servicer = RateLimitServicer(counting, self.metrics)
             self.ratelimit = GrpcServer(
                 "ratelimit",
                 settings.ratelimit_port,
@@ -116,11 +115,10 @@ class Application:
                 [RATELIMIT_SERVICE_NAME],
             )
             self.grpc_servers.append(self.ratelimit)
-            self.view.ratelimit = service
+            self.view.ratelimit = counting
             # Readiness follows the store only where the rate limit port is served: an
             # authz-only process stays ready, its quotas following onStoreFailure instead.
-            if self.store is not None:
-                self.view.checks[self.store.name] = self.store.ping
+            self.view.checks[self.store.name] = self.store.ping
         self.authz: GrpcServer | None = None
         self.jwt: JwtAuthenticator | None = None
         self.providers: ProviderClients | None = None
