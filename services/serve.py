@@ -25,11 +25,10 @@ from services.envoy_api import (
     AUTHORIZATION_SERVICE_NAME,
     RATELIMIT_SERVICE_NAME,
     add_AggregatedDiscoveryServiceServicer_to_server,
-    add_AuthorizationServicer_to_server,
-    add_RateLimitServiceServicer_to_server,
 )
-from services.grpc_server import GrpcServer
+from services.grpc_server import GrpcServer, ThreadedGrpcServer
 from services.http_server import HttpServer, OpsView
+from services.inline import Inline
 from services.metrics import Metrics
 from services.one_hop import InCheckQuota
 from services.ratelimit.local_cache import OverLimitCache
@@ -86,8 +85,11 @@ class Application:
             interval=settings.reload_interval,
         )
         self.view = OpsView(self.state, self.metrics)
-        self.grpc_servers: list[GrpcServer] = []
-        self.ratelimit: GrpcServer | None = None
+        self.grpc_servers: list[GrpcServer | ThreadedGrpcServer] = []
+        # Check and ShouldRateLimit run on the threaded servers' handler threads, and on
+        # this loop only when they must wait for I/O (services/inline.py).
+        inline = Inline(asyncio.get_running_loop())
+        self.ratelimit: ThreadedGrpcServer | None = None
         self.store: CounterStore | None = None
         counting: RateLimitService | None = None
         # The rate limit service counts for its gRPC port and for the quotas counted
@@ -106,12 +108,12 @@ class Application:
                 cache,
             )
         if "ratelimit" in settings.services and counting is not None and self.store is not None:
-            servicer = RateLimitServicer(counting, self.metrics)
-            self.ratelimit = GrpcServer(
+            servicer = RateLimitServicer(counting, self.metrics, inline)
+            self.ratelimit = ThreadedGrpcServer(
                 "ratelimit",
                 settings.ratelimit_port,
                 settings.server,
-                lambda server: add_RateLimitServiceServicer_to_server(servicer, server),
+                [servicer.handler()],
                 [RATELIMIT_SERVICE_NAME],
             )
             self.grpc_servers.append(self.ratelimit)
@@ -119,7 +121,7 @@ class Application:
             # Readiness follows the store only where the rate limit port is served: an
             # authz-only process stays ready, its quotas following onStoreFailure instead.
             self.view.checks[self.store.name] = self.store.ping
-        self.authz: GrpcServer | None = None
+        self.authz: ThreadedGrpcServer | None = None
         self.jwt: JwtAuthenticator | None = None
         self.providers: ProviderClients | None = None
         if "authz" in settings.services:
@@ -139,12 +141,12 @@ class Application:
                 settings.workload,
                 InCheckQuota(counting) if counting is not None else None,
             )
-            authz_servicer = AuthorizationServicer(authz, self.metrics)
-            self.authz = GrpcServer(
+            authz_servicer = AuthorizationServicer(authz, self.metrics, inline)
+            self.authz = ThreadedGrpcServer(
                 "authz",
                 settings.authz_port,
                 settings.server,
-                lambda server: add_AuthorizationServicer_to_server(authz_servicer, server),
+                [authz_servicer.handler()],
                 [AUTHORIZATION_SERVICE_NAME],
             )
             self.grpc_servers.append(self.authz)

@@ -104,6 +104,12 @@ class Settings:
         max_message_bytes=Option(
             "max-message-bytes", parse_positive, "4194304", "largest gRPC message accepted"
         ),
+        threads=Option(
+            "grpc-threads",
+            parse_positive,
+            "4",
+            "handler threads of the authz and ratelimit gRPC servers, each",
+        ),
     )
     ratelimit_port: int = setting(
         "ratelimit-port", parse_port, "8081", "gRPC port of the rate limit service"

@@ -6,6 +6,7 @@ compiled on first use and held by the config. Replacing the config (a reload) dr
 every plan with the set it was compiled from.
 """
 
+import threading
 from collections.abc import Mapping, Sequence
 
 from services.authz.authorization_policy import AuthorizationPolicy
@@ -39,6 +40,7 @@ class AuthzConfig:
         self.policies = tuple(sorted(policies, key=lambda p: p.key))
         self.authentications = tuple(sorted(authentications, key=lambda a: a.meta.key))
         self._plans: dict[PlanKey, WorkloadPlan] = {}  # insertion order: oldest first
+        self._compiling = threading.Lock()  # handler threads may miss on the same key
 
     def with_quotas(self, quotas: QuotaRules) -> "AuthzConfig":
         """The same policies, with the quotas the gateways count inside Check."""
@@ -61,15 +63,19 @@ class AuthzConfig:
         return found
 
     def _plan_for(self, key: PlanKey) -> WorkloadPlan:
-        workload = resolve_workload(key)
-        # Context extensions that spell the same workload differently share its plan.
-        found = next((p for p in self._plans.values() if p.workload == workload), None)
-        if found is None:
-            found = self.compile(workload)
-        self._plans[key] = found
-        if len(self._plans) > MAX_PLANS:
-            del self._plans[next(iter(self._plans))]
-        return found
+        with self._compiling:
+            found = self._plans.get(key)
+            if found is not None:  # compiled by another thread while this one waited
+                return found
+            workload = resolve_workload(key)
+            # Context extensions that spell the same workload differently share its plan.
+            found = next((p for p in self._plans.values() if p.workload == workload), None)
+            if found is None:
+                found = self.compile(workload)
+            self._plans[key] = found
+            if len(self._plans) > MAX_PLANS:
+                del self._plans[next(iter(self._plans))]
+            return found
 
     def compile(self, workload: Workload) -> WorkloadPlan:
         """A new plan for ``workload`` (not cached: ``plan`` is the request path's lookup)."""

@@ -75,6 +75,19 @@ async def run(
     verdict = decide.rbac(plan, attributes)
     if trace is not None:
         trace.rbac = verdict
+    outcome: Verdict | Denial = verdict
+    if quotas and isinstance(verdict, Verdict):
+        counted = await stages.quota(
+            quotas, normalized.check.request, effects, attributes.remote_ip, seams.quota
+        )
+        if trace is not None:
+            trace.quota = counted
+        if isinstance(counted, Denial):
+            outcome = counted
+        elif counted.headers:
+            effects = effects.plus(Effects(downstream=counted.headers))
+    # Logged after the last stage that may wait: a Check that must move to the event
+    # loop runs again from the top there (services/inline.py), and logs once.
     if verdict.audit or verdict.dry_run:
         log.info(
             "policy audit",
@@ -83,14 +96,6 @@ async def run(
             decision="allow" if isinstance(verdict, Verdict) else "deny",
             path=attributes.path,
         )
-    if quotas and isinstance(verdict, Verdict):
-        counted = await stages.quota(
-            quotas, normalized.check.request, effects, attributes.remote_ip, seams.quota
-        )
-        if trace is not None:
-            trace.quota = counted
-        if isinstance(counted, Denial):
-            return answer(counted)
-        if counted.headers:
-            effects = effects.plus(Effects(downstream=counted.headers))
+    if isinstance(outcome, Denial):
+        return answer(outcome)
     return answer(verdict, effects)

@@ -2,8 +2,14 @@
 
 Every answer is a ``CheckResponse``: allow (OK with header changes and dynamic
 metadata) or deny (PERMISSION_DENIED / UNAUTHENTICATED with the HTTP status,
-body and headers Envoy sends the client). A malformed request or a bug denies
-that one request; it never becomes a gRPC error or takes the server down.
+body and headers Envoy sends the client). A bug denies that one request; it never
+becomes a gRPC error or takes the server down. A body that is not a CheckRequest at
+all is INVALID_ARGUMENT (Envoy's ``failure_mode_allow`` then decides), and the server
+goes on.
+
+The servicer runs on the threaded gRPC server's handler threads: it takes and returns
+serialized bytes, and runs the service's coroutine with ``Inline`` (on the handler
+thread unless a step must wait for I/O).
 """
 
 import time
@@ -12,18 +18,20 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from google.protobuf.struct_pb2 import Struct
 
 from services import envoy_api as api
 from services.authz.answer import Denial, answer
 from services.authz.model import RBAC_DENIED, CheckInput, Decision, HttpRequest, Peer, Reason
 from services.authz.service import AuthzService
+from services.inline import Inline
 from services.metrics import Metrics
 
 log = structlog.get_logger("mixerless.authz")
 
 SERVICE = "authz"
-OUTCOMES = ("allow", "deny", "unauthenticated", "error")
+OUTCOMES = ("allow", "deny", "unauthenticated", "error", "invalid")
 _OK = 0
 _PERMISSION_DENIED = 7
 _UNAUTHENTICATED = 16
@@ -126,23 +134,43 @@ def response_for(decision: Decision) -> Any:
 _INTERNAL_ERROR = answer(Denial(403, RBAC_DENIED, Reason("error", detail="internal error")))
 
 
-class AuthorizationServicer(api.AuthorizationServicer):  # type: ignore[misc]
+class AuthorizationServicer:
     """Envoy's ext_authz v3 endpoint over an ``AuthzService``."""
 
-    def __init__(self, service: AuthzService, metrics: Metrics) -> None:
+    def __init__(self, service: AuthzService, metrics: Metrics, inline: Inline) -> None:
         self._service = service
+        self._inline = inline
         self._calls = metrics.rpc_recorder(SERVICE, OUTCOMES)
 
-    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def handler(self) -> grpc.GenericRpcHandler:
+        """``Check`` for a threaded server, bytes in and out."""
+        return grpc.method_handlers_generic_handler(
+            api.AUTHORIZATION_SERVICE_NAME,
+            {"Check": grpc.unary_unary_rpc_method_handler(self.check)},
+        )
+
+    def check(self, body: bytes, context: grpc.ServicerContext) -> bytes:
+        """One serialized ``CheckRequest`` in, its serialized ``CheckResponse`` out."""
         started = time.perf_counter()
         try:
-            decision = await self._service.check(check_input(request))
+            request = api.CheckRequest.FromString(body)
+        except DecodeError:
+            self._calls.record("invalid", started)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the body is not a CheckRequest")
+        try:
+            check = check_input(request)
+            decision = self._inline.run(
+                lambda: self._service.check(check), context.time_remaining()
+            )
             if decision.allowed:
                 outcome = "allow"
             else:
                 outcome = "unauthenticated" if decision.status == 401 else "deny"
+        except TimeoutError:  # Envoy has given up on this call already
+            log.warning("Check ran out of time waiting for I/O; denying")
+            decision, outcome = _INTERNAL_ERROR, "error"
         except Exception:  # fail closed: a bug denies this request, and is logged
             log.exception("Check failed; denying")
             decision, outcome = _INTERNAL_ERROR, "error"
         self._calls.record(outcome, started)
-        return response_for(decision)
+        return bytes(response_for(decision).SerializeToString())

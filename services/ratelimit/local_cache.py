@@ -2,9 +2,11 @@
 
 Like envoyproxy/ratelimit's local cache: once a counter goes over its limit in a
 window, further hits on it in that window are OVER_LIMIT without a round trip
-(and without counting). Bounded: the oldest entries go first.
+(and without counting). Bounded: the oldest entries go first. Thread-safe: the gRPC
+server's handler threads share it.
 """
 
+import threading
 from collections import OrderedDict
 
 from services.clock import Clock
@@ -19,6 +21,7 @@ class OverLimitCache:
         self._clock = clock
         self._max = max_entries
         self._entries: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -28,12 +31,13 @@ class OverLimitCache:
         if expires is None:
             return False
         if expires <= self._clock.now():
-            del self._entries[key]
+            self._entries.pop(key, None)  # another thread may have dropped it already
             return False
         return True
 
     def mark_over(self, key: str, ttl: int) -> None:
-        self._entries[key] = self._clock.now() + ttl
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = self._clock.now() + ttl
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)

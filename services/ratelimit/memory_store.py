@@ -1,10 +1,12 @@
 """Counters in this process's memory: the embedded default, and the tests' store.
 
 Counts are per process (two replicas each allow the full limit). All work
-happens without awaiting, so concurrent requests on the event loop never
-interleave inside one increment. Windows are freed when they end.
+happens without awaiting, under a lock, so concurrent requests (on the event loop
+or on the gRPC server's threads) never interleave inside one increment. Windows are
+freed when they end.
 """
 
+import threading
 from collections.abc import Sequence
 
 from services.clock import Clock
@@ -22,23 +24,25 @@ class InMemoryCounterStore:
         self._expiring: dict[int, list[str]] = {}
         self._sweep_interval = sweep_interval
         self._next_sweep = clock.monotonic() + sweep_interval
+        self._lock = threading.Lock()
 
     async def increment(self, hits: Sequence[Hit]) -> list[int]:
         """Count ``hits`` without awaiting: atomic with respect to other requests."""
-        if self._clock.monotonic() >= self._next_sweep:
-            self._sweep()
-        counts = self._counts
-        results: list[int] = []
-        for hit in hits:
-            current = counts.get(hit.key)
-            if current is None:
-                current = 0
-                expires = int(self._clock.now()) + hit.ttl
-                self._expiring.setdefault(expires, []).append(hit.key)
-            current += hit.addend
-            counts[hit.key] = current
-            results.append(current)
-        return results
+        with self._lock:
+            if self._clock.monotonic() >= self._next_sweep:
+                self._sweep()
+            counts = self._counts
+            results: list[int] = []
+            for hit in hits:
+                current = counts.get(hit.key)
+                if current is None:
+                    current = 0
+                    expires = int(self._clock.now()) + hit.ttl
+                    self._expiring.setdefault(expires, []).append(hit.key)
+                current += hit.addend
+                counts[hit.key] = current
+                results.append(current)
+            return results
 
     def _sweep(self) -> None:
         now = int(self._clock.now())
@@ -51,5 +55,6 @@ class InMemoryCounterStore:
         return None
 
     async def close(self) -> None:
-        self._counts.clear()
-        self._expiring.clear()
+        with self._lock:
+            self._counts.clear()
+            self._expiring.clear()

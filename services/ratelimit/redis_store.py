@@ -57,6 +57,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.inline import require_loop
 from services.ratelimit.redis_settings import RedisSettings
 from services.ratelimit.redis_url import RedisTarget, parse_redis_target
 from services.ratelimit.store import CounterStoreError, Hit
@@ -295,6 +296,7 @@ class RedisCounterStore:
             raise CounterStoreError("redis store is closed")
         if not hits:
             return []
+        require_loop("a Redis round trip")
         ops = [(hit.key, hit.addend, max(hit.ttl, 1) + self._extra_ttl()) for hit in hits]
         waiting = _Waiting(ops, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)

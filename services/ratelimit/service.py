@@ -82,8 +82,6 @@ class RateLimitService:
         if config is None:
             raise UnavailableError("no rate limit configuration loaded")
 
-        if request.domain not in config.domains:
-            self._metrics.ratelimit_unknown_domain.inc()
         options = self._options
         now = int(self._clock.now())
         matches = limiter.drop_replaced(
@@ -92,6 +90,9 @@ class RateLimitService:
         statuses: list[DescriptorStatus] = [limiter.NO_LIMIT] * len(matches)
         pending: list[tuple[int, Match, int, int]] = []  # index, match, addend, reset
         hits: list[Hit] = []
+        # Metrics are recorded once the store has answered: a store that must wait raises
+        # NeedsLoop off the event loop, and the call then runs again (services/inline.py).
+        outcomes: list[tuple[Match, limiter.Outcome, int]] = []
         cache = self._local_cache
         for index, match in enumerate(matches):
             if match is None:
@@ -115,7 +116,7 @@ class RateLimitService:
                     from_local_cache=True,
                 )
                 statuses[index] = verdict.status
-                self._record(request.domain, match, verdict.outcome, addend)
+                outcomes.append((match, verdict.outcome, addend))
                 continue
             pending.append((index, match, addend, reset))
             hits.append(Hit(key, addend, reset, limit.requests_per_unit))
@@ -135,7 +136,12 @@ class RateLimitService:
                 statuses[index] = verdict.status
                 if verdict.over and cache is not None:
                     cache.mark_over(hit.key, reset)
-                self._record(request.domain, match, verdict.outcome, addend)
+                outcomes.append((match, verdict.outcome, addend))
+
+        if request.domain not in config.domains:
+            self._metrics.ratelimit_unknown_domain.inc()
+        for match, outcome, addend in outcomes:
+            self._record(request.domain, match, outcome, addend)
 
         overall = limiter.overall_code(statuses, quota_mode=options.quota_mode)
         if options.shadow_mode and overall is Code.OVER_LIMIT:

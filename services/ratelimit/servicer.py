@@ -4,6 +4,10 @@ Errors follow envoyproxy/ratelimit's messages with proper status codes: an empty
 domain or descriptor list is INVALID_ARGUMENT, a failed counter store or a
 missing config is UNAVAILABLE (Envoy's ``failure_mode_deny`` then decides). No
 request, however malformed, takes the server down.
+
+The servicer runs on the threaded gRPC server's handler threads: it takes and returns
+serialized bytes, and runs the service's coroutine with ``Inline`` (on the handler
+thread unless the counter store must wait for I/O).
 """
 
 import time
@@ -12,9 +16,11 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError
 from google.protobuf.struct_pb2 import Struct
 
 from services import envoy_api as api
+from services.inline import Inline
 from services.metrics import Metrics
 from services.ratelimit.model import (
     UINT32_MAX,
@@ -90,29 +96,50 @@ def response_to_proto(result: LimitResult) -> Any:
     return response
 
 
-class RateLimitServicer(api.RateLimitServiceServicer):  # type: ignore[misc]
+class RateLimitServicer:
     """Envoy's RLS v3 endpoint over a ``RateLimitService``."""
 
-    def __init__(self, service: RateLimitService, metrics: Metrics) -> None:
+    def __init__(self, service: RateLimitService, metrics: Metrics, inline: Inline) -> None:
         self._service = service
+        self._inline = inline
         self._calls = metrics.rpc_recorder(SERVICE, OUTCOMES)
 
-    async def ShouldRateLimit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def handler(self) -> grpc.GenericRpcHandler:
+        """``ShouldRateLimit`` for a threaded server, bytes in and out."""
+        return grpc.method_handlers_generic_handler(
+            api.RATELIMIT_SERVICE_NAME,
+            {"ShouldRateLimit": grpc.unary_unary_rpc_method_handler(self.should_rate_limit)},
+        )
+
+    def should_rate_limit(self, body: bytes, context: grpc.ServicerContext) -> bytes:
+        """One serialized ``RateLimitRequest`` in, its serialized ``RateLimitResponse`` out."""
         started = time.perf_counter()
         code: grpc.StatusCode | None = None
         message = ""
+        domain = ""
         try:
-            result = await self._service.should_rate_limit(request_from_proto(request))
-            response = response_to_proto(result)
+            proto = api.RateLimitRequest.FromString(body)
+            domain = proto.domain
+            request = request_from_proto(proto)
+            result = self._inline.run(
+                lambda: self._service.should_rate_limit(request), context.time_remaining()
+            )
+            response = bytes(response_to_proto(result).SerializeToString())
             outcome = "over_limit" if result.overall is Code.OVER_LIMIT else "ok"
+        except DecodeError:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, "the body is not a RateLimitRequest"
+            outcome = "invalid"
         except InvalidRequestError as exc:
             code, message, outcome = grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid"
         except UnavailableError as exc:
             code, message, outcome = grpc.StatusCode.UNAVAILABLE, str(exc), "unavailable"
+        except TimeoutError:  # Envoy has given up on this call already
+            code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the counter store took too long"
+            outcome = "unavailable"
         except Exception as exc:  # a bug must cost one request, not the server
-            log.exception("ShouldRateLimit failed", domain=request.domain)
+            log.exception("ShouldRateLimit failed", domain=domain)
             code, message, outcome = grpc.StatusCode.INTERNAL, f"internal error: {exc}", "error"
         self._calls.record(outcome, started)
         if code is not None:
-            await context.abort(code, message)
+            context.abort(code, message)
         return response

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services import envoy_api as api
+from services.inline import require_loop
 from services.ratelimit.service import RateLimitOptions
 from services.ratelimit.store import Hit
 from tests.ratelimit_calls import POLICY, make_request, write_policy
@@ -117,10 +118,28 @@ class TestErrors:
             request_serializer=None,
             response_deserializer=None,
         )
-        with pytest.raises(grpc.aio.AioRpcError):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
             await raw(b"\xff\xff\xff\xff not protobuf")
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         reply = await running.stub.ShouldRateLimit(make_request("edge", [("user", "z")]))
         assert reply.overall_code == OK
+
+    async def test_concurrent_calls_count_exactly(
+        self, start_app: Callable[..., Any], policies: Path
+    ) -> None:
+        """Calls spread over the server's handler threads never lose or double a count."""
+        limit = "{key: user, rate_limit: {unit: hour, requests_per_unit: 200}}"
+        limit = f"domain: edge\ndescriptors: [{limit}]\n"
+        write_policy(policies, limit)
+        running = await start_app()
+        await wait_serving(running)
+        replies = await asyncio.gather(
+            *(
+                running.stub.ShouldRateLimit(make_request("edge", [("user", "u")]))
+                for _ in range(300)
+            )
+        )
+        assert sum(reply.overall_code == OK for reply in replies) == 200
 
     async def test_store_failure_is_unavailable(self, start_app: Callable[..., Any]) -> None:
         """A failing counter store answers UNAVAILABLE, so Envoy's failure mode decides."""
@@ -185,6 +204,7 @@ class TestLifecycle:
             name = "slow"
 
             async def increment(self, hits: Sequence[Hit]) -> list[int]:
+                require_loop("a slow store")  # the seams' contract (services/inline.py)
                 await release.wait()
                 return [1 for _ in hits]
 

@@ -11,7 +11,7 @@ import pytest
 SERVING = ("cli", "serve", "one_hop", "settings", "options", "http_server", "demo", "__main__")
 CATALOG = ("catalog",)
 SERVICES = ("authz", "ratelimit", "xds")  # independent of each other
-TOOLKIT = ("policy", "metrics", "clock", "envoy_api", "grpc_server", "logs")
+TOOLKIT = ("policy", "metrics", "clock", "envoy_api", "grpc_server", "inline", "logs")
 
 
 def _qualified(names: tuple[str, ...]) -> set[str]:

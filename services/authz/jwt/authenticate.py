@@ -35,6 +35,7 @@ entries (Envoy's JWT cache behaves the same). An entry keeps the token's dynamic
 metadata, built once, and the whole answer of the last plan that saw it alone.
 """
 
+import contextlib
 from collections import OrderedDict
 
 from services.authz.jwt.keys import JwksUnavailableError, KeyResolver, KeySource, RemoteKeySource
@@ -171,9 +172,11 @@ class JwtAuthenticator:
         if entry is None:
             return None
         if monotonic >= entry.deadline or (entry.exp and int(now) > entry.exp + CLOCK_SKEW_SECONDS):
-            del self._cache[key]
+            self._cache.pop(key, None)  # handler threads share the cache: it may be gone
             return None
-        self._cache.move_to_end(key)
+        # Evicted by another thread since the lookup: the entry is still verified.
+        with contextlib.suppress(KeyError):
+            self._cache.move_to_end(key)
         return entry
 
     async def _verify(
@@ -234,8 +237,11 @@ class JwtAuthenticator:
         deadline = float("inf") if jwt.exp else monotonic + self._max_cache_ttl
         entry = _Verified(source, rule, verified, jwt.exp, tuple(headers), deadline)
         self._cache[(token, source)] = entry
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        while len(self._cache) > self._cache_size:
+            try:
+                self._cache.popitem(last=False)
+            except KeyError:  # emptied by other threads meanwhile
+                break
         return entry
 
     def _invalid(self, request: HttpRequest, exc: JwtVerifyError, source: TokenSource) -> JwtResult:

@@ -37,6 +37,7 @@ from services.authz.jwt.jwks import JwkSet, parse_jwks
 from services.authz.jwt.rules import JwtRule
 from services.authz.jwt.status import JWKS_FETCH_FAIL, JWKS_NO_VALID_KEYS
 from services.clock import Clock, SystemClock
+from services.inline import require_loop
 
 log = structlog.get_logger("mixerless.authz.jwt")
 
@@ -151,6 +152,7 @@ class RemoteKeySource:
                 if entry.keys is None:
                     raise JwksUnavailableError(entry.error)
                 return entry.keys
+            require_loop("a JWKS fetch")  # before forced_at: the rerun on the loop fetches
             entry.forced_at = now
             self._start(entry, rule)
         return await self._wait(entry)
@@ -183,6 +185,7 @@ class RemoteKeySource:
         return failed is None or failed < entry.fetched_at or now >= failed + self._retry_interval
 
     def _start(self, entry: _Entry, rule: JwtRule) -> None:
+        require_loop("a JWKS fetch")
         task = asyncio.get_running_loop().create_task(self._update(entry, rule))
         entry.task = task
         self._tasks.add(task)
@@ -191,6 +194,7 @@ class RemoteKeySource:
     async def _wait(self, entry: _Entry) -> JwkSet:
         task = entry.task
         if task is not None:
+            require_loop("a JWKS fetch")
             await asyncio.shield(task)
         if entry.keys is None:
             raise JwksUnavailableError(entry.error)

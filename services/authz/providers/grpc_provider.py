@@ -45,6 +45,7 @@ from services.authz.providers.client import (
     removable,
 )
 from services.authz.providers.config import GrpcProvider, RequestBody
+from services.inline import require_loop
 
 _Action = api.HeaderValueOption.HeaderAppendAction
 DEFAULT_DENIED_STATUS = 403
@@ -82,6 +83,7 @@ class GrpcProviderClient:
         return self._stub
 
     async def check(self, check: CheckInput) -> ProviderDecision:
+        require_loop("a CUSTOM provider call")
         body = check_body(self.provider, check.request)
         if body.too_large:
             return PAYLOAD_TOO_LARGE

@@ -51,6 +51,7 @@ from services.authz.providers.client import (
     removable,
 )
 from services.authz.providers.config import HttpProvider
+from services.inline import require_loop
 
 HEADERS_TO_REMOVE = "x-envoy-auth-headers-to-remove"
 HOP_BY_HOP = frozenset(
@@ -104,6 +105,7 @@ class HttpProviderClient:
         self._failures = FailureLog(provider)
 
     async def check(self, check: CheckInput) -> ProviderDecision:
+        require_loop("a CUSTOM provider call")
         body = check_body(self.provider, check.request)
         if body.too_large:
             return PAYLOAD_TOO_LARGE
