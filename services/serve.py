@@ -28,9 +28,13 @@ from services.envoy_api import (
 )
 from services.grpc_server import GrpcServer, ThreadedGrpcServer
 from services.http_server import HttpServer, OpsView
-from services.inline import Inline
+from services.inline import Inline, require_loop
 from services.metrics import Metrics
 from services.one_hop import InCheckQuota
+from services.ratelimit.counting import Router
+from services.ratelimit.lease_policy import LeasePolicy
+from services.ratelimit.leased_counter import LeasedCounter
+from services.ratelimit.leases import LeasePool
 from services.ratelimit.local_cache import OverLimitCache
 from services.ratelimit.memory_store import InMemoryCounterStore
 from services.ratelimit.model import RateLimitConfig
@@ -49,16 +53,41 @@ HTTP_PATHS = "/healthz /healthcheck /readyz /metrics /debug/config /json"
 
 
 def build_store(settings: Settings, clock: Clock) -> CounterStore:
-    """Redis when ``--redis`` is given, else per-process memory (with a warning)."""
+    """Redis when ``--redis`` is given, else per-process memory (with a warning).
+
+    With Redis, limits that say ``counting: leased`` are counted from leases of the same
+    counters (``services/ratelimit/counting.py``), the others one round trip per call.
+    """
     if settings.redis is None:
         log.warning(
             "counting in memory: every mixerless process keeps its own counts; "
             "pass --redis to share them"
         )
         return InMemoryCounterStore(clock)
+    from services.ratelimit.redis_authority import RedisLeaseAuthority
     from services.ratelimit.redis_store import RedisCounterStore
 
-    return RedisCounterStore.from_settings(settings.redis)
+    exact = RedisCounterStore.from_settings(settings.redis)
+    authority = RedisLeaseAuthority(
+        exact.client,
+        timeout=settings.redis.timeout,
+        expiration_jitter=settings.redis.expiration_jitter,
+    )
+    pool = LeasePool(LeasePolicy(processes=settings.lease_processes))
+    leased = LeasedCounter(
+        pool, authority, clock, before_wait=require_loop, loop=asyncio.get_running_loop()
+    )
+    return Router(exact, leased)
+
+
+async def _return_idle(leased: LeasedCounter, interval: float = 1.0) -> None:
+    """Give idle leases back every ``interval`` seconds (and free their memory)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await leased.release_idle()
+        except Exception:  # a failed return strands units, never more; go on
+            log.exception("returning idle leases failed")
 
 
 class Application:
@@ -202,6 +231,9 @@ class Application:
         log.info("http server listening", port=port, paths=HTTP_PATHS)
         self.state.subscribe(self._on_policy)
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="policy-watcher"))
+        if isinstance(self.store, Router) and self.store.leased is not None:
+            leased = self.store.leased
+            self._tasks.append(asyncio.create_task(_return_idle(leased), name="idle-leases"))
 
     def _on_policy(self, policy_set: PolicySet) -> None:
         if self.xds is not None:

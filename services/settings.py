@@ -163,6 +163,12 @@ class Settings:
             "expiration-jitter", parse_count, "300", "max random seconds added to Redis key TTLs"
         ),
     )
+    lease_processes: int = setting(
+        "lease-processes",
+        parse_positive,
+        "1",
+        "mixerless processes sharing the Redis counters (sizes leases of counting: leased)",
+    )
     local_cache_size: int = setting(
         "local-cache-size", parse_count, "0", "over-limit keys kept in memory (0: off)"
     )

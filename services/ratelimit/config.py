@@ -42,7 +42,12 @@ DESCRIPTOR_KEYS = frozenset(
         "metadata",
     }
 )
-RATE_LIMIT_KEYS = frozenset({"unit", "requests_per_unit", "unlimited", "name", "replaces"})
+# ``counting`` is mixerless's own (exact | leased; services/ratelimit/counting.py);
+# the others are envoyproxy/ratelimit's.
+RATE_LIMIT_KEYS = frozenset(
+    {"unit", "requests_per_unit", "unlimited", "name", "replaces", "counting"}
+)
+COUNTING_MODES = ("exact", "leased")
 UNIT_NAMES = ", ".join(u.label for u in Unit)
 
 
@@ -196,6 +201,9 @@ def _load_rate_limit(fields: Fields, *, shadow_mode: bool, quota_mode: bool) -> 
                 spec.error("unit", message)
             else:
                 spec.missing("unit", message)
+    counting = spec.text("counting", default="exact")
+    if counting not in COUNTING_MODES:
+        spec.error("counting", f"'{counting}' must be exact or leased")
     replaces: set[str] = set()
     for entry in spec.children("replaces", what="replaces entry", allowed={"name"}):
         replaced = entry.text("name")
@@ -213,6 +221,7 @@ def _load_rate_limit(fields: Fields, *, shadow_mode: bool, quota_mode: bool) -> 
         shadow_mode=shadow_mode,
         quota_mode=quota_mode,
         replaces=frozenset(replaces),
+        leased=counting == "leased",
     )
 
 

@@ -68,6 +68,7 @@ class RateLimit:
     shadow_mode: bool = False
     quota_mode: bool = False
     replaces: frozenset[str] = frozenset()
+    leased: bool = False  # counted from leases where a shared store allows (counting.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,9 +70,11 @@ _ERRORS = (RedisError, RedisClusterException, OSError)
 class ScriptClient(Protocol):
     """What this needs of a redis-py asyncio client (``Redis`` or ``RedisCluster``)."""
 
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: str | int) -> Any: ...
-    async def script_load(self, script: str) -> Any: ...
-    async def ping(self) -> Any: ...
+    # redis-py declares these as returning "Awaitable[...] | ..." (one signature for its
+    # sync and asyncio clients); each is awaited here.
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: str) -> Any: ...
+    def script_load(self, script: str) -> Any: ...
+    def ping(self) -> Any: ...
     async def aclose(self) -> None: ...
 
 
@@ -120,13 +122,14 @@ class RedisLeaseAuthority:
     async def _run(self, sha: str, script: str, key: str, *args: int) -> object:
         if self._closed:
             raise CounterStoreError("redis lease authority is closed")
+        words = [str(arg) for arg in args]  # Redis arguments are strings on the wire
         try:
             async with asyncio.timeout(self._timeout):
                 try:
-                    return await self._client.evalsha(sha, 1, key, *args)
+                    return await self._client.evalsha(sha, 1, key, *words)
                 except NoScriptError:  # the script did not run: safe to send again
                     await self._client.script_load(script)
-                    return await self._client.evalsha(sha, 1, key, *args)
+                    return await self._client.evalsha(sha, 1, key, *words)
         except (TimeoutError, RedisTimeoutError) as exc:
             raise CounterStoreError(f"redis timed out after {self._timeout:g}s") from exc
         except _ERRORS as exc:

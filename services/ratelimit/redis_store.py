@@ -86,6 +86,11 @@ _Op = tuple[str, int, int]  # key, addend, TTL in seconds with the jitter added
 class _Backend(Protocol):
     """A deployment shape: ``run`` is one round trip of the script over ``ops``."""
 
+    @property
+    def client(self) -> Redis | RedisCluster:
+        """The redis-py client, for the lease authority to share."""
+        ...
+
     async def run(self, ops: Sequence[_Op]) -> list[int]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
@@ -109,7 +114,7 @@ class _ServerBackend:
     """One server, or the master that Sentinel names: the script in one round trip."""
 
     def __init__(self, client: Redis, sentinel: Sentinel | None = None) -> None:
-        self._client = client
+        self._client = self.client = client
         self._sentinel = sentinel
         self._script = client.register_script(_SCRIPT)
 
@@ -130,7 +135,7 @@ class _ClusterBackend:
     """Redis Cluster: one script call per hash slot, all in one pipeline."""
 
     def __init__(self, client: RedisCluster) -> None:
-        self._client = client
+        self._client = self.client = client
 
     async def run(self, ops: Sequence[_Op]) -> list[int]:
         by_slot: dict[int, list[int]] = {}
@@ -275,6 +280,11 @@ class RedisCounterStore:
         self._draining = 0
         self._workers: set[asyncio.Task[None]] = set()
         self._closed = False
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        """The redis-py client, shared by the lease authority (``counting.py``)."""
+        return self._backend.client
 
     @classmethod
     def from_settings(

@@ -119,7 +119,7 @@ class RateLimitService:
                 outcomes.append((match, verdict.outcome, addend))
                 continue
             pending.append((index, match, addend, reset))
-            hits.append(Hit(key, addend, reset, limit.requests_per_unit))
+            hits.append(Hit(key, addend, reset, limit.requests_per_unit, seconds, limit.leased))
 
         if hits:
             try:

@@ -13,12 +13,18 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """Add ``addend`` to counter ``key``; the window it counts ends in ``ttl`` seconds."""
+    """Add ``addend`` to counter ``key``; the window it counts ends in ``ttl`` seconds.
+
+    ``window`` is the window's length in seconds; ``leased`` says the limit may be
+    counted from leased quota (``counting.py`` decides where a hit goes).
+    """
 
     key: str
     addend: int
     ttl: int
     limit: int
+    window: int = 0
+    leased: bool = False
 
 
 class CounterStoreError(Exception):

@@ -11,6 +11,7 @@ spec:
   limit: {requests: 100, unit: minute}
   countBy: {subject: {}}             # or {claim: tenant}, {clientAddress: {}}, {header: x-api-key}
   onStoreFailure: deny               # counted inside Check and the store fails: deny (500) or allow
+  counting: exact                    # or leased: Redis off the per-request path (leased quota)
 ```
 
 One policy becomes both halves of Envoy rate limiting, so they cannot disagree:
@@ -41,6 +42,7 @@ COUNT_BY = ("subject", "claim", "clientAddress", "header")
 # descriptors again, so a unit it did not know would still be caught there.
 UNITS = ("second", "minute", "hour", "day", "week", "month", "year")
 STORE_FAILURE_MODES = ("deny", "allow")
+COUNTING_MODES = ("exact", "leased")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class RateLimitPolicy:
     line: int
     # Counted inside Check (one hop): refuse requests when the store cannot count them.
     deny_on_store_failure: bool = True
+    leased: bool = False  # counted from leased quota where the store is shared
 
     @property
     def key(self) -> str:
@@ -169,6 +172,8 @@ def descriptor_config(policy: RateLimitPolicy) -> dict[str, Any]:
     limit: dict[str, Any] = {
         "rate_limit": {"unit": policy.unit, "requests_per_unit": policy.requests}
     }
+    if policy.leased:
+        limit["rate_limit"]["counting"] = "leased"
     if policy.shadow_mode:
         limit["shadow_mode"] = True
     key = "remote_address" if policy.count_by == "clientAddress" else policy.descriptor_key
@@ -197,7 +202,16 @@ def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimi
         line,
         sink,
         KIND,
-        {"targetRef", "routes", "match", "limit", "countBy", "shadowMode", "onStoreFailure"},
+        {
+            "targetRef",
+            "routes",
+            "match",
+            "limit",
+            "countBy",
+            "shadowMode",
+            "onStoreFailure",
+            "counting",
+        },
         required="a RateLimitPolicy needs a spec",
     )
     if spec is None:
@@ -257,6 +271,9 @@ def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimi
     on_failure = spec.text("onStoreFailure", default="deny")
     if on_failure not in STORE_FAILURE_MODES:
         spec.error("onStoreFailure", f"'{on_failure}' must be deny or allow")
+    counting = spec.text("counting", default="exact")
+    if counting not in COUNTING_MODES:
+        spec.error("counting", f"'{counting}' must be exact or leased")
     if len(sink.errors) > errors_before:
         return None
     return RateLimitPolicy(
@@ -274,4 +291,5 @@ def compile_rate_limit_policy(body: Any, line: int, sink: ErrorSink) -> RateLimi
         sink.file,
         top.line,
         deny_on_store_failure=on_failure == "deny",
+        leased=counting == "leased",
     )

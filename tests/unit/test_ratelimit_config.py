@@ -177,7 +177,35 @@ REJECTED = {
         """,
         "descriptors[0].shadow_mode: must be true or false, got a string ('yes')",
     ),
+    "counting neither exact nor leased": (
+        """
+        domain: d
+        descriptors:
+          - key: k
+            rate_limit: {unit: minute, requests_per_unit: 5, counting: lazy}
+        """,
+        "f0.yaml:5: descriptors[0].rate_limit.counting: 'lazy' must be exact or leased",
+    ),
 }
+
+
+class TestCounting:
+    def test_counting_leased_is_mixerless_s_extension(self) -> None:
+        """rate_limit.counting: leased marks the limit; exact, the default, does not."""
+        config = compiled(
+            """
+            domain: d
+            descriptors:
+              - {key: a, rate_limit: {unit: minute, requests_per_unit: 5, counting: leased}}
+              - {key: b, rate_limit: {unit: minute, requests_per_unit: 5}}
+            """
+        )
+        leased = {
+            node.key: node.limit.leased
+            for node in config.domains["d"].root.nodes()
+            if node.limit is not None
+        }
+        assert leased == {"a": True, "b": False}
 
 
 class TestRejections:

@@ -308,6 +308,19 @@ class TestRateLimitPolicy:
         found = errors(tmp_path, GATEWAY, quota(limit + "onStoreFailure: local\n"))
         assert any("spec.onStoreFailure: 'local' must be deny or allow" in e for e in found), found
 
+    def test_counting_is_exact_or_leased_and_reaches_the_limit(self, tmp_path: Path) -> None:
+        """counting defaults to exact; leased marks the derived limit; another word is an error."""
+        limit = "limit: {requests: 5, unit: minute}\n"
+        sent = DescriptorRequest((("policy", "istio-system/q"),))
+        policy_set = load(tmp_path, GATEWAY, quota(limit))
+        match = find_limit(policy_set.ratelimit, "public", sent)
+        assert match is not None and not match.limit.leased
+        policy_set = load(tmp_path, GATEWAY, quota(limit + "counting: leased\n"))
+        match = find_limit(policy_set.ratelimit, "public", sent)
+        assert match is not None and match.limit.leased
+        found = errors(tmp_path, GATEWAY, quota(limit + "counting: lazy\n"))
+        assert any("spec.counting: 'lazy' must be exact or leased" in e for e in found), found
+
     def test_global_quota(self, tmp_path: Path) -> None:
         """Without countBy and match, one counter counts every request of the policy."""
         policy_set = load(tmp_path, GATEWAY, quota("limit: {requests: 3, unit: second}\n"))
