@@ -9,12 +9,19 @@ callers (tasks or threads) never interleave inside one grant.
 
 A counter expires ``ttl`` seconds after the grant that created it (the end of its
 window) and is then freed, as ``memory_store.InMemoryCounterStore`` frees its counters.
+
+It also counts exactly (``add``, and ``increment``: it is a ``store.CounterStore`` too):
+hits add their addend with no cap, past the limit if need be, as Redis's ``INCRBY``
+does. Exact hits and grants on one key share its counter, as they share a Redis key, so
+a parent process serves both kinds of counting to its workers from this one dict.
 """
 
 import threading
+from collections.abc import Sequence
 
 from services.clock import Clock
 from services.ratelimit.lease_authority import Grant
+from services.ratelimit.store import Hit
 
 
 class MemoryLeaseAuthority:
@@ -51,6 +58,28 @@ class MemoryLeaseAuthority:
                     self._expiring.setdefault(expires, []).append(key)
             return Grant(granted, count, expires - now if expires is not None else 0)
 
+    def add(self, hits: Sequence[Hit]) -> list[int]:
+        """``increment`` without the coroutine: each counter after its hit, uncapped."""
+        with self._lock:
+            now = int(self._clock.now())
+            if self._clock.monotonic() >= self._next_sweep:
+                self._sweep(now)
+            results: list[int] = []
+            for hit in hits:
+                count = self._counts.get(hit.key, 0)
+                expires = self._expires.get(hit.key)
+                if expires is not None and expires <= now:  # ended, not swept yet
+                    count, expires = 0, None
+                if hit.addend > 0:
+                    count += hit.addend
+                    self._counts[hit.key] = count
+                    if expires is None:
+                        expires = now + max(hit.ttl, 1)
+                        self._expires[hit.key] = expires
+                        self._expiring.setdefault(expires, []).append(hit.key)
+                results.append(count)
+            return results
+
     def give_back(self, key: str, unused: int) -> int:
         """``release`` without the coroutine."""
         with self._lock:
@@ -85,6 +114,10 @@ class MemoryLeaseAuthority:
     async def release(self, key: str, unused: int) -> int:
         """See ``LeaseAuthority.release``; never suspends."""
         return self.give_back(key, unused)
+
+    async def increment(self, hits: Sequence[Hit]) -> list[int]:
+        """See ``CounterStore.increment``; never suspends."""
+        return self.add(hits)
 
     async def ping(self) -> None:
         return None

@@ -48,12 +48,32 @@ HTTP_OPTIONS = _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 DOWNSTREAM_TLS = _T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 
 
-@dataclass(frozen=True, slots=True)
-class Services:
-    """Where a gateway's Envoys reach mixerless when the Gateway does not say."""
+def _endpoint_tuple(service: str, given: Endpoint | Sequence[Endpoint]) -> tuple[Endpoint, ...]:
+    endpoints = (given,) if isinstance(given, Endpoint) else tuple(given)
+    if not endpoints:
+        raise ValueError(f"Services: {service} needs at least one endpoint")
+    return endpoints
 
-    authz: Endpoint
-    ratelimit: Endpoint
+
+@dataclass(frozen=True, slots=True, init=False)
+class Services:
+    """Where a gateway's Envoys reach mixerless when the Gateway does not say.
+
+    One endpoint per service (``Services(Endpoint(...), Endpoint(...))``), or one per
+    worker process (``Services((e0, e1, ...), (e0, e1, ...))``): each is an endpoint of
+    the generated cluster, so Envoy spreads requests over the workers instead of sending
+    all of one connection's requests to whichever process accepted it. Kept as tuples,
+    in the order given.
+    """
+
+    authz: tuple[Endpoint, ...]
+    ratelimit: tuple[Endpoint, ...]
+
+    def __init__(
+        self, authz: Endpoint | Sequence[Endpoint], ratelimit: Endpoint | Sequence[Endpoint]
+    ) -> None:
+        object.__setattr__(self, "authz", _endpoint_tuple("authz", authz))
+        object.__setattr__(self, "ratelimit", _endpoint_tuple("ratelimit", ratelimit))
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,14 +365,16 @@ def own_resources(
 def mixerless_resources(
     gateway: Gateway, services: Services
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """The clusters through which the gateway reaches mixerless's authz and ratelimit."""
+    """The clusters through which the gateway reaches mixerless's authz and ratelimit:
+    the Gateway's own address for a service, else every endpoint ``services`` lists."""
     clusters: dict[str, dict[str, Any]] = {}
     assignments: dict[str, dict[str, Any]] = {}
-    for name, endpoint in (
-        (AUTHZ_CLUSTER, gateway.authz.address or services.authz),
-        (RATELIMIT_CLUSTER, gateway.rate_limit.address or services.ratelimit),
+    for name, address, ours in (
+        (AUTHZ_CLUSTER, gateway.authz.address, services.authz),
+        (RATELIMIT_CLUSTER, gateway.rate_limit.address, services.ratelimit),
     ):
-        clusters[name], assignment = _cluster(name, [endpoint], http2=True)
+        endpoints = (address,) if address is not None else ours
+        clusters[name], assignment = _cluster(name, endpoints, http2=True)
         if assignment is not None:
             assignments[name] = assignment
     return {CLUSTER: clusters, ENDPOINT: assignments}

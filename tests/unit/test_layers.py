@@ -8,10 +8,29 @@ import grimp
 import pytest
 
 # Top to bottom. A module may import from its own layer and the layers below it.
-SERVING = ("cli", "serve", "one_hop", "settings", "options", "http_server", "demo", "__main__")
+SERVING = (
+    "cli",
+    "serve",
+    "one_hop",
+    "settings",
+    "options",
+    "http_server",
+    "demo",
+    "workers",
+    "__main__",
+)
 CATALOG = ("catalog",)
 SERVICES = ("authz", "ratelimit", "xds")  # independent of each other
-TOOLKIT = ("policy", "metrics", "clock", "envoy_api", "grpc_server", "inline", "logs")
+TOOLKIT = (
+    "policy",
+    "metrics",
+    "metrics_merge",
+    "clock",
+    "envoy_api",
+    "grpc_server",
+    "inline",
+    "logs",
+)
 
 
 def _qualified(names: tuple[str, ...]) -> set[str]:

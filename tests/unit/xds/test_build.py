@@ -1,5 +1,6 @@
 """Snapshots built from a gateway: contents, stable versions, consistency; renders Envoy accepts."""
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from services.authz.mesh_config import MeshSettings
 from services.authz.paths import PathNormalization
 from services.catalog.bridge import listener_settings
 from services.catalog.loader import LoadOptions, PolicySet, load_directory
-from services.xds.build import Services
+from services.xds.build import AUTHZ_CLUSTER, RATELIMIT_CLUSTER, Services, mixerless_resources
 from services.xds.gateway import Endpoint
 from services.xds.gateway_config import compile_gateway_config, gateway_resources, snapshot
 from services.xds.istio import istio_documents, mesh_config_snippet
@@ -109,6 +110,98 @@ class TestBuild:
         snapshot = Snapshot.build({})
         with pytest.raises(InconsistentSnapshotError, match="Cluster backend referenced"):
             check_consistent(snapshot, {CLUSTER: frozenset({"backend"})})
+
+
+def lb_addresses(assignment: dict) -> list[tuple[str, int]]:  # type: ignore[type-arg]
+    [locality] = assignment["endpoints"]
+    return [
+        (a["address"], a["port_value"])
+        for a in (e["endpoint"]["address"]["socket_address"] for e in locality["lb_endpoints"])
+    ]
+
+
+class TestMixerlessClusters:
+    """The clusters that reach mixerless: one endpoint per service, or one per worker."""
+
+    WORKERS = Services(
+        tuple(Endpoint("127.0.0.1", 20000 + 3 * i) for i in range(3)),
+        tuple(Endpoint("127.0.0.1", 20001 + 3 * i) for i in range(3)),
+    )
+
+    def test_one_endpoint_is_what_it_always_was(self, policies: PolicySet) -> None:
+        """Services(Endpoint, Endpoint) and a one-endpoint tuple give today's clusters, byte
+        for byte (the resource versions are content hashes of their canonical JSON)."""
+        compiled = policies.xds.gateways[0]
+        single = Services((SERVICES.authz[0],), (SERVICES.ratelimit[0],))
+        assert single == SERVICES
+        versions = snapshot(compiled, single).resource_versions
+        assert {name: versions[CLUSTER][name] for name in (AUTHZ_CLUSTER, RATELIMIT_CLUSTER)} == {
+            AUTHZ_CLUSTER: "0e241bad9f9eea2e",
+            RATELIMIT_CLUSTER: "3a82302aeadf3666",
+        }
+        assert {name: versions[ENDPOINT][name] for name in (AUTHZ_CLUSTER, RATELIMIT_CLUSTER)} == {
+            AUTHZ_CLUSTER: "98a211e90f45253a",
+            RATELIMIT_CLUSTER: "599ef612a2980214",
+        }
+        built = mixerless_resources(compiled.gateway, SERVICES)
+        assert lb_addresses(built[ENDPOINT][AUTHZ_CLUSTER]) == [("127.0.0.1", 9001)]
+
+    def test_every_worker_is_an_endpoint(self, policies: PolicySet) -> None:
+        """With one endpoint per worker, each cluster lists them all, in order, over EDS."""
+        built = mixerless_resources(policies.xds.gateways[0].gateway, self.WORKERS)
+        assert lb_addresses(built[ENDPOINT][AUTHZ_CLUSTER]) == [
+            ("127.0.0.1", 20000),
+            ("127.0.0.1", 20003),
+            ("127.0.0.1", 20006),
+        ]
+        assert lb_addresses(built[ENDPOINT][RATELIMIT_CLUSTER]) == [
+            ("127.0.0.1", 20001),
+            ("127.0.0.1", 20004),
+            ("127.0.0.1", 20007),
+        ]
+        assert built[CLUSTER][AUTHZ_CLUSTER]["type"] == "EDS"
+        # Only the endpoints changed: the clusters themselves are today's.
+        assert (
+            built[CLUSTER]
+            == mixerless_resources(policies.xds.gateways[0].gateway, SERVICES)[CLUSTER]
+        )
+
+    def test_worker_host_names_are_resolved_by_envoy(self, policies: PolicySet) -> None:
+        """Host names make a STRICT_DNS cluster whose load assignment lists every worker."""
+        services = Services(
+            (Endpoint("mixerless", 20000), Endpoint("mixerless", 20003)),
+            Endpoint("mixerless", 8081),
+        )
+        built = mixerless_resources(policies.xds.gateways[0].gateway, services)
+        cluster = built[CLUSTER][AUTHZ_CLUSTER]
+        assert cluster["type"] == "STRICT_DNS"
+        assert lb_addresses(cluster["load_assignment"]) == [
+            ("mixerless", 20000),
+            ("mixerless", 20003),
+        ]
+        assert AUTHZ_CLUSTER not in built[ENDPOINT]
+
+    def test_a_gateway_address_wins_over_the_workers(self, policies: PolicySet) -> None:
+        """A Gateway that names its own authz address gets that one endpoint, not ours."""
+        gateway = policies.xds.gateways[0].gateway
+        elsewhere = Endpoint("10.9.9.9", 9191)
+        gateway = dataclasses.replace(
+            gateway, authz=dataclasses.replace(gateway.authz, address=elsewhere)
+        )
+        built = mixerless_resources(gateway, self.WORKERS)
+        assert lb_addresses(built[ENDPOINT][AUTHZ_CLUSTER]) == [("10.9.9.9", 9191)]
+        assert len(lb_addresses(built[ENDPOINT][RATELIMIT_CLUSTER])) == 3
+
+    def test_a_service_needs_an_endpoint(self) -> None:
+        """An empty endpoint list is refused where it is made, not sent to Envoy."""
+        with pytest.raises(ValueError, match="authz needs at least one endpoint"):
+            Services((), SERVICES.ratelimit)
+
+    @pytest.mark.envoy
+    def test_workers_render_valid_envoy_config(self, tmp_path: Path, policies: PolicySet) -> None:
+        """A static render with three workers per service passes envoy --mode validate."""
+        resources = gateway_resources(policies.xds.gateways[0], self.WORKERS)
+        TestRenders().validate(tmp_path, static_config(resources, 9901))
 
 
 DIRECT_GATEWAY = """\
