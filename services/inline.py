@@ -31,10 +31,25 @@ class NeedsLoop(Exception):
     """Raised off the event loop by a seam that must wait for I/O."""
 
 
-def require_loop(what: str) -> None:
-    """Raise ``NeedsLoop`` unless this thread runs an event loop; ``what`` must wait."""
+def on_loop() -> bool:
+    """Whether this thread runs an event loop (where a coroutine may wait)."""
     # _get_running_loop is asyncio's public low-level accessor (events.__all__): it
     # returns None instead of raising, and costs one C call.
+    return asyncio._get_running_loop() is not None
+
+
+def complete_now(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end here, off any loop; ``NeedsLoop`` if it would wait."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()  # it suspended without require_loop: nothing may have waited yet
+    raise NeedsLoop("a coroutine suspended off the event loop")
+
+
+def require_loop(what: str) -> None:
+    """Raise ``NeedsLoop`` unless this thread runs an event loop; ``what`` must wait."""
     if asyncio._get_running_loop() is None:
         raise NeedsLoop(what)
 

@@ -19,6 +19,7 @@ from services.authz.plan import (
     resolve_workload,
 )
 from services.authz.quota import NO_QUOTAS, QuotaRules
+from services.authz.reads import ReadSet, compile_reads
 from services.authz.request_authentication import RequestAuthentication
 from services.authz.workloads import Workload
 
@@ -40,6 +41,8 @@ class AuthzConfig:
         self.policies = tuple(sorted(policies, key=lambda p: p.key))
         self.authentications = tuple(sorted(authentications, key=lambda a: a.meta.key))
         self._plans: dict[PlanKey, WorkloadPlan] = {}  # insertion order: oldest first
+        # What each plan's Checks read (the decision cache's key), compiled with the plan.
+        self._reads: dict[WorkloadPlan, ReadSet] = {}
         self._compiling = threading.Lock()  # handler threads may miss on the same key
 
     def with_quotas(self, quotas: QuotaRules) -> "AuthzConfig":
@@ -72,10 +75,20 @@ class AuthzConfig:
             found = next((p for p in self._plans.values() if p.workload == workload), None)
             if found is None:
                 found = self.compile(workload)
+                self._reads[found] = compile_reads(found, self.mesh)
             self._plans[key] = found
             if len(self._plans) > MAX_PLANS:
-                del self._plans[next(iter(self._plans))]
+                dropped = self._plans.pop(next(iter(self._plans)))
+                if dropped not in self._plans.values():
+                    self._reads.pop(dropped, None)
             return found
+
+    def reads(self, plan: WorkloadPlan) -> ReadSet:
+        """What Checks under ``plan`` (one of this config's) read up to RBAC."""
+        found = self._reads.get(plan)
+        if found is None:  # a plan evicted meanwhile: compile it again
+            found = self._reads[plan] = compile_reads(plan, self.mesh)
+        return found
 
     def compile(self, workload: Workload) -> WorkloadPlan:
         """A new plan for ``workload`` (not cached: ``plan`` is the request path's lookup)."""

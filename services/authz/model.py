@@ -149,9 +149,24 @@ class Reason:
         return f"{self.stage}: {', '.join(parts)}" if parts else self.stage
 
 
+class Encoded:
+    """A Decision's encoded answer, made on first use and kept with it: a Decision served
+    again (a decision cache hit, a constant denial) is encoded once (the servicer's)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: bytes | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The answer: allow (with header changes) or deny (with status, body and headers)."""
+    """The answer: allow (with header changes) or deny (with status, body and headers).
+
+    ``base`` and ``appended``: this Decision is ``base`` (a cached one) with the headers
+    ``appended`` added to the client's response (a quota's ``x-ratelimit-*``), so its
+    encoding is the base's, kept, followed by theirs. The other fields hold the whole.
+    """
 
     allowed: bool
     status: int = 200  # HTTP status of a denial
@@ -165,6 +180,9 @@ class Decision:
     reason: Reason = field(default_factory=lambda: Reason("default"))
     audit: tuple[str, ...] = ()  # AUDIT policies that matched
     dry_run: tuple[str, ...] = ()  # what dry-run policies would have done
+    base: "Decision | None" = field(default=None, compare=False, repr=False)
+    appended: tuple[Header, ...] = field(default=(), compare=False, repr=False)
+    encoded: Encoded = field(default_factory=Encoded, compare=False, repr=False)
 
 
 RBAC_DENIED = "RBAC: access denied"

@@ -131,6 +131,31 @@ def response_for(decision: Decision) -> Any:
     return response
 
 
+def encode(decision: Decision) -> bytes:
+    """The serialized ``CheckResponse`` of ``decision``.
+
+    Encoded once per Decision object and kept on it (``Decision.encoded``): a decision
+    served from the cache is answered with the same bytes. A cached decision with a
+    quota's headers appended is its base's bytes followed by a ``CheckResponse`` holding
+    only those headers: protobuf merges a message's repeated fields across concatenated
+    encodings, so Envoy reads one response with every header, in order.
+    """
+    base = decision.base
+    if base is None:
+        return _encoded(decision)
+    extra = api.CheckResponse()
+    extra.ok_response.response_headers_to_add.extend(_options(decision.appended))
+    return _encoded(base) + bytes(extra.SerializeToString())
+
+
+def _encoded(decision: Decision) -> bytes:
+    memo = decision.encoded
+    data = memo.value
+    if data is None:
+        data = memo.value = bytes(response_for(decision).SerializeToString())
+    return data
+
+
 _INTERNAL_ERROR = answer(Denial(403, RBAC_DENIED, Reason("error", detail="internal error")))
 
 
@@ -173,4 +198,4 @@ class AuthorizationServicer:
             log.exception("Check failed; denying")
             decision, outcome = _INTERNAL_ERROR, "error"
         self._calls.record(outcome, started)
-        return bytes(response_for(decision).SerializeToString())
+        return encode(decision)
