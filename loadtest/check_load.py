@@ -19,6 +19,7 @@ Scenarios (``--scenario``):
   token from a pool larger than the server's token cache, so every request is a fresh
   RS256 verification. Needs the Python generator (h2load sends one body per process).
 * ``noop``: ``noop_server.py --service authz``, an always-OK grpc.aio + uvloop server: the ceiling.
+* ``noop-sync``: the same on grpcio's threaded server (4 threads).
 
 Each invocation appends one JSON line to ``loadtest/out/results.jsonl`` and prints a table.
 The requests, tokens and policies are in ``scenarios/authz.py``; the machinery (processes,
@@ -67,7 +68,8 @@ from scenarios.authz import (
 from services import envoy_api as api
 from services.authz.jwt.authenticate import DEFAULT_CACHE_SIZE as SERVER_TOKEN_CACHE
 
-SCENARIOS = ("none", "policies20-cached-jwt", "policies20-fresh-rs256", "noop")
+SCENARIOS = ("none", "policies20-cached-jwt", "policies20-fresh-rs256", "noop", "noop-sync")
+NOOPS = {"noop": "aio", "noop-sync": "sync"}  # scenario -> noop_server.py --flavour
 
 
 # --- correctness check before every run ----------------------------------------------------
@@ -104,7 +106,7 @@ def preflight(
 
         valid = check("valid token", check_request(token, request_id=request_id(1)))
         _expect("valid token", valid, 0)
-        if scenario == "noop":
+        if scenario in NOOPS:
             return ["valid token: OK (no-op server)"]
         no_token = check("no token", check_request(None, request_id=request_id(2)))
         bad = check("tampered token", check_request(tampered(token), request_id=request_id(3)))
@@ -239,8 +241,8 @@ class CheckBench(Bench):
         self.starts += 1
         tag = f"{run}-{self.starts}"
         log = self.workdir / f"server-{tag}.log"
-        if self.config.scenario == "noop":
-            return start_noop_server(self.procs, "authz", log)
+        if self.config.scenario in NOOPS:
+            return start_noop_server(self.procs, "authz", log, NOOPS[self.config.scenario])
         policies = self.workdir / f"policies-{tag}"
         policies.mkdir()
         for name, text in policy_files(self.config.scenario, self.key).items():
@@ -446,9 +448,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--pool must exceed the server's token cache ({SERVER_TOKEN_CACHE})")
     if args.server_tree and not (Path(args.server_tree) / "services" / "cli.py").is_file():
         parser.error(f"--server-tree {args.server_tree}: no services/cli.py there")
-    if args.server_tree and (args.target is not None or args.scenario == "noop"):
+    if args.server_tree and (args.target is not None or args.scenario in NOOPS):
         parser.error("--server-tree only applies to the mixerless server this driver starts")
-    if args.scenario == "noop" and args.target is not None:
+    if args.scenario in NOOPS and args.target is not None:
         parser.error("--scenario noop starts its own no-op server")
     if min(args.connections, args.concurrency, args.runs, args.h2load_procs) < 1:
         parser.error("--connections, --concurrency, --runs and --h2load-procs must be at least 1")

@@ -5,10 +5,10 @@
     .venv/bin/python loadtest/compare.py --quick   # a one-minute smoke run
 
 Stacks (``--stacks``; default all): envoy, noop-aio, noop-sync, in-proxy, mixerless-memory,
-mixerless-redis (``harness/stacks.py`` says what each is). Each run starts a fresh stack on
-free loopback ports, checks its answers (valid token 200, missing 403, bad signature 401,
-over quota 429), warms it up, drives ``k6/gateway.js`` through it, checks that Envoy's filter
-counters cover every request, and stops it.
+mixerless-redis, mixerless-leased (``harness/stacks.py`` says what each is). Each run starts a
+fresh stack on free loopback ports, checks its answers (valid token 200, missing 403, bad
+signature 401, over quota 429), warms it up, drives ``k6/gateway.js`` through it, checks that
+Envoy's filter counters cover every request, and stops it.
 
 * **Closed loop:** ``--rounds`` rounds; in each, every stack runs once, in alternating order
   (A B C ..., then C B A ...), so drift in the machine's load falls on all alike.
@@ -129,6 +129,7 @@ def closed_table(runs: list[dict[str, Any]], stacks: list[str]) -> list[str]:
     bases = [b for b in BASELINES if b in stacks]
     head = ["stack", "req/s (rounds)", "p50 ms", "p90 ms", "p99 ms"]
     head += [f"x {b}" for b in bases] + ["CPU µs/req: envoy / service / redis / k6", "bound by"]
+    head += ["Redis commands/req"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in stacks:
         if not by[s]:
@@ -143,9 +144,24 @@ def closed_table(runs: list[dict[str, Any]], stacks: list[str]) -> list[str]:
         row = [s, f"**{rate[s]:,.0f}** ({rounds})"]
         row += [f"{_median(by[s], k):.2f}" for k in ("p50_ms", "p90_ms", "p99_ms")]
         row += [f"{rate[s] / rate[b]:.3f}" for b in bases]
-        row += [" / ".join(cpu), bound]
+        row += [" / ".join(cpu), bound, _redis_commands(usable)]
         lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+def _redis_commands(runs: list[dict[str, Any]]) -> str:
+    """The median Redis commands per request, by command (blank without Redis)."""
+    found = [r.get("redis_commands_per_request") for r in runs]
+    counted = [f for f in found if f is not None]
+    if not counted:
+        return ""
+    names = sorted({name for f in counted for name in f})
+    return (
+        ", ".join(
+            f"{statistics.median(f.get(name, 0.0) for f in counted):.2f} {name}" for name in names
+        )
+        or "0"
+    )
 
 
 def open_table(runs: list[dict[str, Any]], stacks: list[str]) -> list[str]:

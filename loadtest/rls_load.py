@@ -137,6 +137,7 @@ class Config:
     h2load_variants: int
     user_limit: int
     tiny_limit: int
+    counting: str
     target: str | None
     metrics_url: str | None
     server_pid: int | None
@@ -168,7 +169,7 @@ class RlsBench(Bench):
         policies = self.workdir / "policies"
         policies.mkdir(exist_ok=True)
         (policies / "edge.yaml").write_text(
-            policy_yaml(self.config.user_limit, self.config.tiny_limit)
+            policy_yaml(self.config.user_limit, self.config.tiny_limit, self.config.counting)
         )
         grpc_port = free_port()
         serve = [
@@ -368,6 +369,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--store", choices=("memory", "redis"), default="memory")
     parser.add_argument(
+        "--counting",
+        choices=("exact", "leased"),
+        default="exact",
+        help="the limits' counting (leased: from Redis leases, with --store redis)",
+    )
+    parser.add_argument(
         "--generator",
         choices=("auto", "h2load", "python"),
         default="auto",
@@ -440,6 +447,7 @@ def config_from(args: argparse.Namespace) -> Config:
         f"{args.generator}"
         + (f" over{args.over_limit_share:g}" if args.over_limit_share else "")
         + (f" lc{args.local_cache_size}" if args.local_cache_size else "")
+        + (" leased" if args.counting == "leased" else "")
     )
     return Config(
         server=args.server,
@@ -455,6 +463,7 @@ def config_from(args: argparse.Namespace) -> Config:
         local_cache_size=args.local_cache_size,
         h2load_variants=variants,
         user_limit=args.user_limit,
+        counting=args.counting,
         tiny_limit=args.tiny_limit,
         target=args.target,
         metrics_url=args.metrics_url,

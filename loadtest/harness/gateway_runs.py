@@ -91,6 +91,7 @@ def measure(
         pool = write_pool(mint_pool(PoolSpec(users=users)), workdir / "tokens.json")
         counters_before = envoy_counters(stack.admin_url)
         hits_before = _quota_hits(stack)
+        redis_before = stack.redis.command_calls() if stack.redis is not None else None
         cpu_before = {name: cpu.tree_cpu_seconds(pid) for name, pid in stack.pids.items()}
         busy_before, driver_before, started = (
             cpu.machine_busy_seconds(),
@@ -113,6 +114,13 @@ def measure(
         cpu_s["k6"] = result.cpu_s
         driver = cpu.self_cpu_seconds() - driver_before
         hits = _quota_hits(stack)
+        redis_per_request = None
+        if stack.redis is not None and redis_before is not None:
+            sent = stack.redis.command_calls() - redis_before
+            sent.pop("info", None)  # this function's own INFO commandstats
+            redis_per_request = {
+                name: round(calls / max(result.requests, 1), 3) for name, calls in sent.items()
+            }
         counted = None if hits is None or hits_before is None else hits - hits_before
         seen, problems = coverage(stack, counters_before, counters_after, result, counted)
         flags += problems
@@ -134,6 +142,7 @@ def measure(
                 for name, value in cpu_s.items()
             },
             "other_cores": round(other_cores, 3),
+            "redis_commands_per_request": redis_per_request,
             "bound_by": bound_by(pinning, {name: value / wall for name, value in cpu_s.items()}),
             "flags": flags,
         }

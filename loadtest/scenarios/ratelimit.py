@@ -11,18 +11,20 @@ OK, OVER_LIMIT = 1, 2
 RESPONSE_OK, RESPONSE_OVER = b"\x08\x01", b"\x08\x02"
 
 
-def policy_yaml(user_limit: int, tiny_limit: int) -> str:
-    """The benchmark policy: every ``user-*`` gets ``user_limit``/min, ``tiny-*`` ``tiny_limit``."""
+def policy_yaml(user_limit: int, tiny_limit: int, counting: str = "exact") -> str:
+    """The benchmark policy: every ``user-*`` gets ``user_limit``/min, ``tiny-*`` ``tiny_limit``;
+    ``counting: leased`` on every limit unless ``counting`` is exact."""
+    extra = "" if counting == "exact" else f"\n      counting: {counting}"
     block = f"""\
   - key: user
     rate_limit:
       unit: minute
-      requests_per_unit: {user_limit}
+      requests_per_unit: {user_limit}{extra}
   - key: user
     value: tiny-*
     rate_limit:
       unit: minute
-      requests_per_unit: {tiny_limit}
+      requests_per_unit: {tiny_limit}{extra}
 """
     nested = "".join("    " + line + "\n" for line in block.splitlines())
     return (
