@@ -138,6 +138,7 @@ class Config:
     user_limit: int
     tiny_limit: int
     counting: str
+    server_tree: str | None
     target: str | None
     metrics_url: str | None
     server_pid: int | None
@@ -179,7 +180,7 @@ class RlsBench(Bench):
         if self.config.store == "redis":
             assert self.redis.url is not None
             serve += ["--redis", self.redis.url]
-        return start_mixerless(self.procs, serve, grpc_port, log)
+        return start_mixerless(self.procs, serve, grpc_port, log, self.config.server_tree)
 
     def check_server(self, target: str) -> list[str]:
         if self.config.server == "noop":
@@ -369,6 +370,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--store", choices=("memory", "redis"), default="memory")
     parser.add_argument(
+        "--server-tree",
+        help="run `mixerless serve` from this source tree's `services` package instead of the "
+        "working tree (e.g. a `git worktree` of the commit to measure)",
+    )
+    parser.add_argument(
         "--counting",
         choices=("exact", "leased"),
         default="exact",
@@ -464,6 +470,7 @@ def config_from(args: argparse.Namespace) -> Config:
         h2load_variants=variants,
         user_limit=args.user_limit,
         counting=args.counting,
+        server_tree=str(Path(args.server_tree).resolve()) if args.server_tree else None,
         tiny_limit=args.tiny_limit,
         target=args.target,
         metrics_url=args.metrics_url,
