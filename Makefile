@@ -31,12 +31,15 @@ run: $(STAMP)
 	$(BIN)/mixerless demo --policies policies
 
 ## test: the lock is current, lint, type-check, validate the example policies, then every test tier
+##       (the Envoy tier twice: one process, then --workers 2)
 test: lock-check $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mixerless check policies
 	$(BIN)/pytest --require-marker redis --require-marker envoy
+	# The Envoy tier again, every mixerless serve as a parent of two workers.
+	$(BIN)/pytest tests/e2e --serve-workers 2 --require-marker envoy
 
 ## lock-check: fail if uv.lock no longer matches pyproject.toml (run `make lock`)
 lock-check: | $(UV)

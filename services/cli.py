@@ -173,14 +173,19 @@ def _gateway_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     settings = build_settings(args)
 
     import uvloop
 
     from services import logs
     from services.demo.runner import DemoError, run_demo
+    from services.parent import Parent, plan_layout
     from services.serve import Application
+
+    # --workers N: planned (and its ports checked) before anything starts. The demo is
+    # always one process.
+    layout = plan_layout(settings) if args.command == "serve" else None
 
     # Everything imported so far lives as long as the process: keep it out of the
     # collector's full passes, which otherwise pause the loop for ~20 ms under load.
@@ -190,10 +195,14 @@ def _serve(args: argparse.Namespace) -> int:
         # grpc.aio servers bind to the running loop: build them inside it.
         if args.command == "demo":
             await run_demo(settings, args.gateway, args.envoy_admin_port)
+        elif layout is not None:
+            await Parent(settings, layout, argv).run_until_signalled()
         else:
             await Application(settings).run_until_signalled()
 
-    logs.configure(settings.log_level, settings.log_format)
+    role = settings.worker
+    fields = {"worker": role.index} if role.is_worker else None
+    logs.configure(settings.log_level, settings.log_format, fields)
     try:
         uvloop.run(serve())
     except DemoError as exc:
@@ -203,6 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
@@ -211,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _explain(args)
         if args.command in ("bootstrap", "render"):
             return _gateway_command(args)
-        return _serve(args)
+        return _serve(args, argv)
     except SettingsError as exc:
         print(f"mixerless: {exc}", file=sys.stderr)
         return 2

@@ -34,10 +34,13 @@ class ServerOptions:
     keepalive_time_ms: int = 60_000
     keepalive_timeout_ms: int = 20_000
     threads: int = 4  # per threaded server; more threads only contend for the GIL
+    # Off: a second server on a busy port must fail, not share it. On only in the worker
+    # processes of one ``mixerless serve --workers N``, which share the public ports.
+    reuse_port: bool = False
 
     def channel_args(self) -> list[tuple[str, int]]:
         return [
-            ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+            ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.keepalive_time_ms", self.keepalive_time_ms),
@@ -113,7 +116,8 @@ class ThreadedGrpcServer:
     reflection; the same interface as ``GrpcServer``, driven from the event loop.
 
     Handlers are registered as generic handlers (``handlers``), so a service may take and
-    return serialized bytes and parse them itself.
+    return serialized bytes and parse them itself. ``extra_ports`` are served too, by the
+    same threads (a worker process's own port beside the public one).
     """
 
     def __init__(
@@ -123,9 +127,12 @@ class ThreadedGrpcServer:
         options: ServerOptions,
         handlers: Sequence[grpc.GenericRpcHandler],
         service_names: Sequence[str],
+        *,
+        extra_ports: Sequence[int] = (),
     ) -> None:
         self.name = name
         self._requested_port = port
+        self._requested_extra = tuple(extra_ports)
         self._options = options
         self._service_names = list(service_names)
         self._executor = ThreadPoolExecutor(
@@ -141,16 +148,22 @@ class ThreadedGrpcServer:
             [*self._service_names, HEALTH_SERVICE, reflection.SERVICE_NAME], self.server
         )
         self.port = 0
+        self.extra_ports: list[int] = []  # bound, once started
+
+    def _bind(self, port: int) -> int:
+        address = _address(self._options.host, port)
+        try:
+            bound: int = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"{self.name}: cannot listen on {address}: {exc}") from exc
+        if bound == 0:
+            raise OSError(f"{self.name}: cannot listen on {address}")
+        return bound
 
     async def start(self) -> int:
         """Bind and start; returns the bound port (useful with port 0)."""
-        address = _address(self._options.host, self._requested_port)
-        try:
-            self.port = self.server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise OSError(f"{self.name}: cannot listen on {address}: {exc}") from exc
-        if self.port == 0:
-            raise OSError(f"{self.name}: cannot listen on {address}")
+        self.port = self._bind(self._requested_port)
+        self.extra_ports = [self._bind(port) for port in self._requested_extra]
         await self.set_serving(False)
         self.server.start()
         return self.port

@@ -4,7 +4,8 @@
   the process runs, 503 once shutting down.
 * ``GET /readyz``: 200 when a policy set is serving and every backend answers; the
   body names the serving policy digest and each check.
-* ``GET /metrics``: Prometheus text format.
+* ``GET /metrics``: Prometheus text format (a parent of workers: theirs and its own,
+  merged; ``OpsView.exposition``).
 * ``GET /debug/config``: the serving policy set (digest, files, limits) and the last
   rejected change with its errors.
 * ``POST /json``: a ``RateLimitRequest`` in protobuf JSON, answered like
@@ -30,6 +31,7 @@ from services.ratelimit.service import InvalidRequestError, RateLimitService, Un
 from services.ratelimit.servicer import request_from_proto, response_to_proto
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+Exposition = Callable[[], Awaitable[bytes]]
 
 
 @dataclass
@@ -43,6 +45,7 @@ class OpsView:
     check_timeout: float = 1.0
     stopping: bool = False
     debug: dict[str, Callable[[], object]] = field(default_factory=dict)  # more /debug/config
+    exposition: Exposition | None = None  # /metrics, when not just ``metrics``'s
 
 
 def build_app(view: OpsView) -> web.Application:
@@ -76,8 +79,9 @@ def build_app(view: OpsView) -> web.Application:
 
     @routes.get("/metrics")
     async def metrics(_: web.Request) -> web.Response:
+        exposition = view.exposition
         return web.Response(
-            body=view.metrics.exposition(),
+            body=view.metrics.exposition() if exposition is None else await exposition(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
@@ -124,15 +128,19 @@ def build_app(view: OpsView) -> web.Application:
 
 
 class HttpServer:
-    """Runs ``build_app(view)`` on ``host:port``; ``port`` is known after ``start``."""
+    """Runs ``build_app(view)`` on ``host:port``; ``port`` is known after ``start``.
+
+    The app is built from the view as it is at ``start``."""
 
     def __init__(self, view: OpsView, host: str, port: int) -> None:
-        self._runner = web.AppRunner(build_app(view), access_log=None)
+        self._view = view
+        self._runner: web.AppRunner | None = None
         self._host = host
         self._requested_port = port
         self.port = 0
 
     async def start(self) -> int:
+        self._runner = web.AppRunner(build_app(self._view), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._requested_port, reuse_port=False)
         await site.start()
@@ -141,4 +149,5 @@ class HttpServer:
         return self.port
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -2,15 +2,32 @@
 
 import logging
 import sys
+from collections.abc import Mapping
 
 import structlog
+from structlog.types import EventDict, WrappedLogger
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
 
 
-def configure(level: str = "info", fmt: str = "console") -> None:
-    """Route structlog and stdlib logging (grpc, asyncio) to stderr in one format."""
+class _Fields:
+    """A processor adding the same fields to every line (a worker's index)."""
+
+    def __init__(self, fields: Mapping[str, object]) -> None:
+        self._fields = dict(fields)
+
+    def __call__(self, _logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+        for key, value in self._fields.items():
+            event.setdefault(key, value)
+        return event
+
+
+def configure(
+    level: str = "info", fmt: str = "console", fields: Mapping[str, object] | None = None
+) -> None:
+    """Route structlog and stdlib logging (grpc, asyncio) to stderr in one format; every
+    line carries ``fields`` (on any thread, unlike context variables)."""
     renderer: structlog.types.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -22,6 +39,8 @@ def configure(level: str = "info", fmt: str = "console") -> None:
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if fields:
+        shared.append(_Fields(fields))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

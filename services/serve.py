@@ -6,6 +6,8 @@ implementations (counter store, clock) and wires policy reloads to health.
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import signal
 
 import structlog
@@ -32,16 +34,19 @@ from services.inline import Inline, require_loop
 from services.metrics import Metrics
 from services.one_hop import InCheckQuota
 from services.ratelimit.counting import Router
+from services.ratelimit.lease_authority import LeaseAuthority
 from services.ratelimit.lease_policy import LeasePolicy
 from services.ratelimit.leased_counter import LeasedCounter
 from services.ratelimit.leases import LeasePool
 from services.ratelimit.local_cache import OverLimitCache
 from services.ratelimit.memory_store import InMemoryCounterStore
 from services.ratelimit.model import RateLimitConfig
+from services.ratelimit.parent_authority import ParentCounterStore, ParentLeaseAuthority
 from services.ratelimit.service import RateLimitService
 from services.ratelimit.servicer import RateLimitServicer
 from services.ratelimit.store import CounterStore
 from services.settings import Settings
+from services.workers import watch_parent
 from services.xds.build import Services
 from services.xds.gateway import Endpoint
 from services.xds.publisher import SnapshotPublisher
@@ -52,12 +57,29 @@ log = structlog.get_logger("mixerless")
 HTTP_PATHS = "/healthz /healthcheck /readyz /metrics /debug/config /json"
 
 
-def build_store(settings: Settings, clock: Clock) -> CounterStore:
-    """Redis when ``--redis`` is given, else per-process memory (with a warning).
+def _leased(authority: LeaseAuthority, processes: int, clock: Clock) -> LeasedCounter:
+    pool = LeasePool(LeasePolicy(processes=processes))
+    return LeasedCounter(
+        pool, authority, clock, before_wait=require_loop, loop=asyncio.get_running_loop()
+    )
 
-    With Redis, limits that say ``counting: leased`` are counted from leases of the same
-    counters (``services/ratelimit/counting.py``), the others one round trip per call.
+
+def build_store(settings: Settings, clock: Clock) -> CounterStore:
+    """Redis when ``--redis`` is given, else per-process memory (with a warning), or in
+    a worker of ``--workers N``, the parent's counters.
+
+    With Redis (or the parent), limits that say ``counting: leased`` are counted from
+    leases of the same counters (``services/ratelimit/counting.py``), the others one
+    round trip per call. Leases are sized for every process sharing the counters: the
+    ``--lease-processes`` replicas, times the workers of each.
     """
+    role = settings.worker
+    if settings.redis is None and role.lease_socket is not None:
+        socket = role.lease_socket
+        return Router(
+            ParentCounterStore(socket),
+            _leased(ParentLeaseAuthority(socket), max(1, settings.workers), clock),
+        )
     if settings.redis is None:
         log.warning(
             "counting in memory: every mixerless process keeps its own counts; "
@@ -73,11 +95,10 @@ def build_store(settings: Settings, clock: Clock) -> CounterStore:
         timeout=settings.redis.timeout,
         expiration_jitter=settings.redis.expiration_jitter,
     )
-    pool = LeasePool(LeasePolicy(processes=settings.lease_processes))
-    leased = LeasedCounter(
-        pool, authority, clock, before_wait=require_loop, loop=asyncio.get_running_loop()
-    )
-    return Router(exact, leased)
+    processes = settings.lease_processes
+    if role.is_worker:
+        processes *= max(1, settings.workers)
+    return Router(exact, _leased(authority, processes, clock))
 
 
 async def _return_idle(leased: LeasedCounter, interval: float = 1.0) -> None:
@@ -91,7 +112,14 @@ async def _return_idle(leased: LeasedCounter, interval: float = 1.0) -> None:
 
 
 class Application:
-    """Every enabled service of one ``mixerless serve`` process."""
+    """Every enabled service of one ``mixerless serve`` process.
+
+    In a worker of ``--workers N`` (``settings.worker``), the authz and ratelimit ports
+    are shared with the other workers (``SO_REUSEPORT``) and each also listens on its
+    own; there is no xds service, and the process stops when its parent exits.
+    ``endpoints`` is where the xds service tells Envoy to reach authz and ratelimit
+    (default: ``--advertise-address`` with this process's ports).
+    """
 
     def __init__(
         self,
@@ -100,8 +128,15 @@ class Application:
         clock: Clock | None = None,
         store: CounterStore | None = None,
         metrics: Metrics | None = None,
+        endpoints: Services | None = None,
     ) -> None:
         self.settings = settings
+        role = settings.worker
+        # The parent (its pid read now, before it could exit), whose exit stops a worker.
+        self._parent = os.getppid() if role.is_worker else None
+        grpc_options = settings.server
+        if role.is_worker:
+            grpc_options = dataclasses.replace(grpc_options, reuse_port=True)
         self.clock = clock if clock is not None else SystemClock()
         self.metrics = metrics if metrics is not None else Metrics()
         self.state = PolicyState()
@@ -141,9 +176,10 @@ class Application:
             self.ratelimit = ThreadedGrpcServer(
                 "ratelimit",
                 settings.ratelimit_port,
-                settings.server,
+                grpc_options,
                 [servicer.handler()],
                 [RATELIMIT_SERVICE_NAME],
+                extra_ports=(role.ratelimit_port,) if role.is_worker else (),
             )
             self.grpc_servers.append(self.ratelimit)
             self.view.ratelimit = counting
@@ -169,27 +205,29 @@ class Application:
                 self.metrics,
                 settings.workload,
                 InCheckQuota(counting) if counting is not None else None,
+                clock=self.clock,
+                cache=settings.decision_cache,
             )
             authz_servicer = AuthorizationServicer(authz, self.metrics, inline)
             self.authz = ThreadedGrpcServer(
                 "authz",
                 settings.authz_port,
-                settings.server,
+                grpc_options,
                 [authz_servicer.handler()],
                 [AUTHORIZATION_SERVICE_NAME],
+                extra_ports=(role.authz_port,) if role.is_worker else (),
             )
             self.grpc_servers.append(self.authz)
         self.xds: GrpcServer | None = None
         advertised = settings.advertise_address
-        self.publisher = SnapshotPublisher(
-            Services(
+        if endpoints is None:
+            endpoints = Services(
                 Endpoint(advertised, settings.authz_port),
                 Endpoint(advertised, settings.ratelimit_port),
-            ),
-            self.metrics,
-        )
+            )
+        self.publisher = SnapshotPublisher(endpoints, self.metrics)
         self.ads: AdsServicer | None = None
-        if "xds" in settings.services:
+        if "xds" in settings.services and not role.is_worker:
             ads = AdsServicer(
                 self.publisher.cache, self.publisher.gateway_for, self.metrics, self.clock
             )
@@ -223,7 +261,11 @@ class Application:
         try:
             for server in self.grpc_servers:
                 port = await server.start()
-                log.info("grpc server listening", service=server.name, port=port)
+                extra = server.extra_ports if isinstance(server, ThreadedGrpcServer) else []
+                if extra:
+                    log.info("grpc server listening", service=server.name, port=port, own=extra)
+                else:
+                    log.info("grpc server listening", service=server.name, port=port)
             port = await self.http.start()
         except BaseException:
             await self.stop()
@@ -273,6 +315,16 @@ class Application:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        parent = None
+        if self._parent is not None:
+            parent = asyncio.create_task(watch_parent(self._parent), name="parent-watch")
+            parent.add_done_callback(lambda _: stop.set())
         await stop.wait()
+        if parent is not None and parent.done():
+            log.warning("the parent process exited; stopping", parent=self._parent)
         log.info("shutting down", grace_seconds=self.settings.shutdown_grace)
         await self.stop()
+        if parent is not None:
+            parent.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await parent

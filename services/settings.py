@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from services.authz.plan import WorkloadDefaults
+from services.authz.service import DecisionCacheOptions
 from services.authz.workloads import parse_labels
 from services.catalog.loader import LoadOptions
 from services.grpc_server import ServerOptions
@@ -48,6 +49,7 @@ from services.policy.durations import parse_duration
 from services.ratelimit.redis_settings import RedisSettings
 from services.ratelimit.redis_url import parse_redis_target
 from services.ratelimit.service import RateLimitOptions
+from services.workers import WorkerRole
 
 SERVICES = ("ratelimit", "authz", "xds")
 
@@ -76,6 +78,19 @@ def parse_services(text: str) -> frozenset[str]:
             f"available: {', '.join(SERVICES)}"
         )
     return frozenset(names)
+
+
+def parse_worker_index(text: str) -> int:
+    """A worker's index (0 or more), or -1: this process is no worker."""
+    value = int(text)
+    if value < -1:
+        raise ValueError(f"must be -1 (no worker) or more, got {value}")
+    return value
+
+
+def parse_optional_path(text: str) -> Path | None:
+    """A path, or None for empty text."""
+    return Path(text) if text.strip() else None
 
 
 def parse_workload_labels(text: str) -> str:
@@ -130,6 +145,19 @@ class Settings:
     services: frozenset[str] = setting(
         "only", parse_services, ",".join(SERVICES), "comma-separated services to run"
     )
+    workers: int = setting(
+        "workers",
+        parse_count,
+        "0",
+        "processes answering authz and ratelimit calls (0: one per CPU this process may "
+        "use; 1: this process alone)",
+    )
+    worker_port_base: int = setting(
+        "worker-port-base",
+        parse_port,
+        "20000",
+        "first of each worker's own ports: authz base+3i, ratelimit +1, http +2 (0: any free)",
+    )
     workload: WorkloadDefaults = part(
         WorkloadDefaults,
         namespace=Option(
@@ -143,6 +171,21 @@ class Settings:
             parse_workload_labels,
             "istio=ingressgateway",
             "labels of the gateway (k=v,...), when a CheckRequest does not say",
+        ),
+    )
+    decision_cache: DecisionCacheOptions = part(
+        DecisionCacheOptions,
+        entries=Option(
+            "decision-cache-size",
+            parse_count,
+            "10000",
+            "authz decisions kept, keyed by what the policies read (0: off)",
+        ),
+        ttl=Option(
+            "decision-cache-ttl",
+            parse_duration,
+            "10s",
+            "longest a cached decision is served (a token's exp cuts it shorter)",
         ),
     )
     jwks_refresh_interval: float = setting(
@@ -212,6 +255,27 @@ class Settings:
     )
     log_format: str = setting(
         "log-format", parse_choice("json", "console"), "console", "log line format"
+    )
+    worker: WorkerRole = part(
+        WorkerRole,
+        index=Option(
+            "worker-index", parse_worker_index, "-1", "set by the parent: this worker's index"
+        ),
+        authz_port=Option(
+            "worker-authz-port", parse_port, "0", "set by the parent: this worker's authz port"
+        ),
+        ratelimit_port=Option(
+            "worker-ratelimit-port",
+            parse_port,
+            "0",
+            "set by the parent: this worker's ratelimit port",
+        ),
+        lease_socket=Option(
+            "lease-socket",
+            parse_optional_path,
+            "",
+            "set by the parent: the Unix socket of its counters",
+        ),
     )
 
 

@@ -70,6 +70,20 @@ def default_workers() -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """What the parent told this process (``worker_flags``); index -1: not a worker."""
+
+    index: int = -1
+    authz_port: int = 0  # this worker's own ports (the public ones are shared)
+    ratelimit_port: int = 0
+    lease_socket: Path | None = None  # the parent's counters, when there is no Redis
+
+    @property
+    def is_worker(self) -> bool:
+        return self.index >= 0
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerPorts:
     """The ports of one worker: its own authz and ratelimit ports, and its HTTP port."""
 
@@ -130,20 +144,39 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def free_port_plan(workers: int, host: str = "127.0.0.1") -> PortPlan:
-    """Ports the OS has free right now (all held until all are chosen, so no two are
-    the same); another process may take one before a worker binds it: for tests."""
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` ports the OS has free right now, all different (each is held until all
+    are chosen); another process may take one before it is bound again."""
     held: list[socket.socket] = []
     try:
-        for _ in range(PORTS_PER_WORKER * workers):
+        for _ in range(count):
             sock = socket.socket(_family(host), socket.SOCK_STREAM)
             held.append(sock)
             sock.bind((host, 0))
-        ports = [sock.getsockname()[1] for sock in held]
+        return [sock.getsockname()[1] for sock in held]
     finally:
         for sock in held:
             sock.close()
+
+
+def free_port_plan(workers: int, host: str = "127.0.0.1") -> PortPlan:
+    """A plan of ports the OS has free right now (``free_ports``): ``--worker-port-base 0``."""
+    ports = free_ports(PORTS_PER_WORKER * workers, host)
     return PortPlan(tuple(WorkerPorts(i, *ports[3 * i : 3 * i + 3]) for i in range(workers)))
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """``OSError`` saying ``what`` port ``port`` is taken when something listens on it."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        # As the servers bind: a port in TIME_WAIT is free, a listener is not (even one
+        # with SO_REUSEPORT: this socket does not set it).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{what} port {port} on {host} is taken: {exc.strerror}"
+            ) from exc
 
 
 def check_free(plan: PortPlan, host: str) -> None:
@@ -154,17 +187,7 @@ def check_free(plan: PortPlan, host: str) -> None:
             ("ratelimit", worker.ratelimit),
             ("http", worker.http),
         ):
-            with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
-                # As the servers bind: a port in TIME_WAIT is free, a listener is not.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    sock.bind((host, port))
-                except OSError as exc:
-                    raise OSError(
-                        exc.errno,
-                        f"worker {worker.index} {name} port {port} on {host} is taken: "
-                        f"{exc.strerror}",
-                    ) from exc
+            check_port_free(host, port, f"worker {worker.index} {name}")
 
 
 def worker_flags(ports: WorkerPorts, lease_socket: Path | None) -> list[str]:

@@ -1,4 +1,5 @@
-"""Shared test plumbing: a clean environment, and proof that required tiers really ran."""
+"""Shared test plumbing: a clean environment, proof that required tiers really ran, and
+the number of workers end-to-end tests run ``mixerless serve`` with (``--serve-workers``)."""
 
 from collections import Counter
 
@@ -12,6 +13,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="MARKER",
         help="fail the session unless tests with this marker ran and none was skipped",
+    )
+    parser.addoption(
+        "--serve-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every `mixerless serve` the end-to-end tests start with --workers N "
+        "(default 1: one process); tests about workers choose their own",
     )
 
 

@@ -17,6 +17,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -47,6 +48,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(count: int, *, low: int = 21000, high: int = 32000) -> int:
+    """The first of ``count`` consecutive loopback ports that were all free a moment ago
+    (below Linux's ephemeral range, so outgoing connections do not take them meanwhile):
+    a ``--worker-port-base`` that a restart can use again."""
+    for _ in range(200):
+        base = random.randrange(low, high - count)
+        try:
+            for port in range(base, base + count):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind((LOOPBACK, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports between {low} and {high}")
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
@@ -345,7 +363,10 @@ def _flag(args: Sequence[str], env: Mapping[str, str], flag: str) -> str | None:
 
 
 class MixerlessProcess(_Child):
-    """A running ``mixerless serve``; ``get()`` reads its HTTP ops port."""
+    """A running ``mixerless serve``; ``get()`` reads its HTTP ops port.
+
+    With ``workers`` > 1 it is the parent of that many workers, whose own ports start at
+    ``worker_port_base`` (``worker_ports``)."""
 
     name = "mixerless"
     stop_timeout = 15.0
@@ -357,15 +378,46 @@ class MixerlessProcess(_Child):
         ratelimit_port: int,
         workdir: Path,
         authz_port: int = 0,
+        *,
+        workers: int = 1,
+        worker_port_base: int = 0,
     ) -> None:
         super().__init__(process, workdir / "mixerless.log")
         self.http_port = http_port
         self.ratelimit_port = ratelimit_port
         self.authz_port = authz_port
         self.workdir = workdir
+        self.workers = workers
+        self.worker_port_base = worker_port_base
+        self.known_workers: set[int] = set()  # every worker pid seen (worker_pids)
+
+    def worker_pids(self) -> dict[int, int]:
+        """The pid of each worker running now, by index, as the parent reports them."""
+        described = self.get("/debug/config").json()["workers"]["workers"]
+        pids = {w["index"]: w["pid"] for w in described if w["pid"] is not None}
+        self.known_workers.update(pids.values())
+        return pids
+
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGTERM the parent (SIGKILL after ``timeout``), then SIGKILL, by pid, any
+        worker seen that still runs; returns the parent's exit code. Idempotent."""
+        code = super().stop(timeout)
+        for pid in self.known_workers:
+            if is_worker_process(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        return code
 
     def where(self) -> str:
-        return f"http :{self.http_port}, rls :{self.ratelimit_port}, authz :{self.authz_port}"
+        where = f"http :{self.http_port}, rls :{self.ratelimit_port}, authz :{self.authz_port}"
+        if self.workers > 1:
+            where += f", {self.workers} workers from :{self.worker_port_base}"
+        return where
+
+    def worker_ports(self, index: int) -> tuple[int, int, int]:
+        """Worker ``index``'s own authz, ratelimit and HTTP ports (``--worker-port-base``)."""
+        base = self.worker_port_base + 3 * index
+        return base, base + 1, base + 2
 
     def get(self, path: str) -> HttpResponse:
         """GET ``path`` on the HTTP ops port."""
@@ -378,12 +430,15 @@ def start_mixerless(
     *,
     workdir: Path | None = None,
     timeout: float = 20.0,
+    workers: int = 1,
 ) -> MixerlessProcess:
     """Run ``mixerless serve *args`` and wait until ``/readyz`` answers 200.
 
     ``--http-port``, ``--ratelimit-port``, ``--authz-port`` and ``--xds-port`` are read
     from ``args`` (or ``env``); when absent or 0, free ports are chosen and appended, and
-    so is ``--host 127.0.0.1``. The child gets this process's environment without any
+    so is ``--host 127.0.0.1``. ``--workers`` is ``workers`` unless given (never the
+    machine's CPU count), and with more than one, ``--worker-port-base`` a free block
+    unless given. The child gets this process's environment without any
     ``MIXERLESS_*`` variable (a developer's shell must not leak settings in), plus
     ``env``. The log goes to ``workdir`` (default: a new temporary directory). Raises
     ``RuntimeError`` with the log if the process exits or is not ready within
@@ -402,6 +457,16 @@ def start_mixerless(
             ports[flag] = int(given)
     if _flag(args, environment, "host") is None:
         command += ["--host", LOOPBACK]
+    given = _flag(args, environment, "workers")
+    if given is None:
+        command += ["--workers", str(workers)]
+    else:
+        workers = int(given)
+    base = _flag(args, environment, "worker-port-base")
+    worker_port_base = int(base) if base is not None else 0
+    if workers > 1 and not worker_port_base:
+        worker_port_base = free_port_block(3 * workers)
+        command += ["--worker-port-base", str(worker_port_base)]
     workdir = _workdir(workdir, "mixerless-")
     with (workdir / "mixerless.log").open("wb") as log_file:
         process = subprocess.Popen(
@@ -412,7 +477,13 @@ def start_mixerless(
             env=environment,
         )
     mixerless = MixerlessProcess(
-        process, ports["http-port"], ports["ratelimit-port"], workdir, ports["authz-port"]
+        process,
+        ports["http-port"],
+        ports["ratelimit-port"],
+        workdir,
+        ports["authz-port"],
+        workers=workers,
+        worker_port_base=worker_port_base,
     )
 
     def ready() -> bool:
@@ -421,7 +492,19 @@ def start_mixerless(
         return mixerless.get("/readyz").status == 200
 
     _wait_started(ready, timeout, mixerless.stop, mixerless.describe, "mixerless")
+    if workers > 1:
+        mixerless.worker_pids()
     return mixerless
+
+
+def is_worker_process(pid: int) -> bool:
+    """Whether ``pid`` runs a ``mixerless serve`` worker (not a zombie, nor a process that
+    reused the pid)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"--worker-index" in command
 
 
 # --- process plumbing -----------------------------------------------------------------

@@ -4,7 +4,9 @@
 * ``upstream`` (session): the echo HTTP server Envoy routes to.
 * ``module_launcher`` (module) and ``launcher`` (function): a ``Launcher`` that starts
   processes and policy directories under pytest's temporary directory and stops every
-  process it started, newest first, when the scope ends.
+  process it started, newest first, when the scope ends. Its ``mixerless serve``
+  processes run with ``--workers`` from pytest's ``--serve-workers`` (default 1), so the
+  whole tier runs against one process, or against a parent and its workers.
 """
 
 import re
@@ -28,10 +30,13 @@ from tests.envoy_proc import (
 class Launcher:
     """Starts processes for one fixture scope and stops them all in ``close()``."""
 
-    def __init__(self, tmp_path_factory: pytest.TempPathFactory, name: str) -> None:
+    def __init__(
+        self, tmp_path_factory: pytest.TempPathFactory, name: str, *, workers: int = 1
+    ) -> None:
         self._tmp = tmp_path_factory
         self._name = re.sub(r"[^\w.-]", "_", name)[:40]
         self._started: list[EnvoyProcess | MixerlessProcess] = []
+        self.workers = workers
 
     def _dir(self, kind: str) -> Path:
         return self._tmp.mktemp(f"{self._name}-{kind}")
@@ -48,8 +53,11 @@ class Launcher:
     def mixerless(
         self, args: Sequence[str], env: Mapping[str, str] | None = None
     ) -> MixerlessProcess:
-        """``start_mixerless(args, env)``, stopped at the end of the scope."""
-        process = start_mixerless(args, env, workdir=self._dir("mixerless"))
+        """``start_mixerless(args, env)`` (``--workers``: this launcher's, unless
+        ``args`` say), stopped at the end of the scope."""
+        process = start_mixerless(
+            args, env, workdir=self._dir("mixerless"), workers=self.workers, timeout=30.0
+        )
         self._started.append(process)
         return process
 
@@ -83,7 +91,11 @@ def module_launcher(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, envoy_binary: str
 ) -> Iterator[Launcher]:
     """A ``Launcher`` whose processes live until the end of the test module."""
-    launcher = Launcher(tmp_path_factory, request.module.__name__.rsplit(".", 1)[-1])
+    launcher = Launcher(
+        tmp_path_factory,
+        request.module.__name__.rsplit(".", 1)[-1],
+        workers=request.config.getoption("--serve-workers"),
+    )
     try:
         yield launcher
     finally:
@@ -95,7 +107,9 @@ def launcher(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, envoy_binary: str
 ) -> Iterator[Launcher]:
     """A ``Launcher`` whose processes live until the end of the test."""
-    launcher = Launcher(tmp_path_factory, request.node.name)
+    launcher = Launcher(
+        tmp_path_factory, request.node.name, workers=request.config.getoption("--serve-workers")
+    )
     try:
         yield launcher
     finally:

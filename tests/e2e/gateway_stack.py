@@ -420,6 +420,8 @@ def restart_mixerless(stack: GatewayStack) -> MixerlessProcess:
         str(old.authz_port),
         *stack.mixerless_extra,
     ]
+    if old.workers > 1:  # the same worker ports too: the same endpoints for Envoy
+        args += ["--worker-port-base", str(old.worker_port_base)]
     stack.mixerless = stack.launcher.mixerless(args)
     return stack.mixerless
 

@@ -151,9 +151,13 @@ INVALID_GATEWAYS = [  # the one Envoy may NACK last: a NACK leaves the stack les
 
 @pytest.fixture(scope="class", name="reject_stack")
 def fixture_reject_stack(
-    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, envoy_binary: str
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: Upstream,
+    envoy_binary: str,
+    request: pytest.FixtureRequest,
 ) -> Iterator[GatewayStack]:
-    launcher = Launcher(tmp_path_factory, "gateway-reject")
+    workers = request.config.getoption("--serve-workers")
+    launcher = Launcher(tmp_path_factory, "gateway-reject", workers=workers)
     try:
         yield start_stack(launcher, upstream)
     finally:

@@ -17,6 +17,7 @@ SERVING = (
     "http_server",
     "demo",
     "workers",
+    "parent",
     "__main__",
 )
 CATALOG = ("catalog",)

@@ -1,5 +1,6 @@
 """The worker port plan, the flags a worker is given, the restart backoff, the parent watch."""
 
+import argparse
 import asyncio
 import os
 import socket
@@ -7,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from services.settings import Settings, add_arguments, build_settings
 from services.workers import (
     Backoff,
     PortPlan,
     WorkerPorts,
+    WorkerRole,
     check_free,
+    check_port_free,
     default_workers,
     free_port_plan,
     plan_ports,
@@ -72,6 +76,18 @@ class TestPortPlan:
             with pytest.raises(OSError, match=f"worker 1 ratelimit port {taken} on 127.0.0.1"):
                 check_free(plan, "127.0.0.1")
 
+    def test_a_taken_public_port_is_named_even_when_shared(self) -> None:
+        """check_port_free refuses a port a listener holds, SO_REUSEPORT or not (a worker
+        would otherwise share it with that listener)."""
+        with socket.socket() as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            with pytest.raises(OSError, match=f"authz port {port} on 127.0.0.1 is taken"):
+                check_port_free("127.0.0.1", port, "authz")
+        check_port_free("127.0.0.1", port, "authz")  # closed: free again
+
     def test_a_plan_is_a_value(self) -> None:
         """Plans compare by their ports (a restart with the same flags plans the same)."""
         assert plan_ports(2, 30000) == PortPlan(
@@ -95,6 +111,16 @@ class TestWorkerFlags:
             "--lease-socket",
             "/run/m/counters.sock",
         ]
+
+    def test_the_flags_are_settings_the_worker_reads_back(self) -> None:
+        """Appended to a serve command line, the flags become the worker's role and ports."""
+        flags = worker_flags(WorkerPorts(1, 20003, 20004, 20005), Path("/run/m/c.sock"))
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        settings = build_settings(parser.parse_args(["--http-port", "1", *flags]), environ={})
+        assert settings.worker == WorkerRole(1, 20003, 20004, Path("/run/m/c.sock"))
+        assert settings.worker.is_worker and settings.http_port == 20005
+        assert not Settings().worker.is_worker
 
     def test_no_socket_without_parent_counters(self) -> None:
         """With Redis there is no counter socket to name."""
