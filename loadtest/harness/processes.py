@@ -184,7 +184,11 @@ def start_mixerless(
     """``mixerless serve <serve...> --http-port <free>`` on 127.0.0.1, once ``/readyz`` answers.
 
     ``serve`` names the gRPC port (``--ratelimit-port``/``--authz-port``) ``grpc_port``. With
-    ``server_tree`` it runs that source tree's ``services`` instead of the installed one."""
+    ``server_tree`` it runs that source tree's ``services`` instead of the installed one.
+
+    One process unless the driver's environment says otherwise (``MIXERLESS_WORKERS``):
+    ``serve`` defaults to a worker per CPU, which would make runs depend on the machine
+    (an environment variable, so checkouts from before ``--workers`` ignore it)."""
     http_port = free_port()
     if server_tree:
         command = [sys.executable, "-c", _BOOT, server_tree]
@@ -192,7 +196,9 @@ def start_mixerless(
         binary = shutil.which("mixerless", path=str(Path(sys.executable).parent))
         command = [binary or "mixerless"]
     argv = [*command, "serve", *serve, "--host", "127.0.0.1", "--http-port", str(http_port)]
-    proc = procs.start("mixerless", argv, log, cpus=cpus)
+    env = dict(os.environ)
+    env.setdefault("MIXERLESS_WORKERS", "1")
+    proc = procs.start("mixerless", argv, log, cpus=cpus, env=env)
     wait_ready(f"http://127.0.0.1:{http_port}/readyz", proc, log, timeout=30)
     return Server(proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}/metrics", log)
 
