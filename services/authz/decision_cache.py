@@ -121,16 +121,8 @@ class DecisionCache(Generic[V]):
     def get(self, key: Hashable, now: float) -> V | None:
         """The fresh value for ``key``, or None (counted as a hit or a miss)."""
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                if now < entry.expires:
-                    entry.used = True
-                    self.hits += 1
-                    return cast(V, entry.value)
-                del self._entries[key]
-                self.expirations += 1
-            self.misses += 1
-            return None
+            entry = self._fresh(key, now)
+            return None if entry is None else cast(V, entry.value)
 
     def put(self, key: Hashable, value: V, now: float, ttl_cap: float | None = math.inf) -> None:
         """Keep ``value`` for min(ttl, ``ttl_cap``) seconds from ``now``; a ``ttl_cap`` of
@@ -142,15 +134,9 @@ class DecisionCache(Generic[V]):
         """The value for ``key``: cached, another caller's fresh computation of the same
         key, or ``compute()`` (run without the lock held; its exception propagates)."""
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._fresh(key, now)
             if entry is not None:
-                if now < entry.expires:
-                    entry.used = True
-                    self.hits += 1
-                    return cast(V, entry.value)
-                del self._entries[key]
-                self.expirations += 1
-            self.misses += 1
+                return cast(V, entry.value)
             flight = self._flights.get(key)
             if flight is None:
                 flight = self._flights[key] = _Flight()
@@ -169,6 +155,20 @@ class DecisionCache(Generic[V]):
         if computed.ttl_cap is not None:
             self.put(key, computed.value, now, computed.ttl_cap)
         return computed.value
+
+    def _fresh(self, key: Hashable, now: float) -> "_Entry | None":
+        """``key``'s entry if it is fresh (lock held), counted as a hit or a miss; an
+        expired one is dropped."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            if now < entry.expires:
+                entry.used = True
+                self.hits += 1
+                return entry
+            del self._entries[key]
+            self.expirations += 1
+        self.misses += 1
+        return None
 
     def clear(self) -> None:
         """Drop every entry (e.g. when the policy set is replaced); counters are kept."""
