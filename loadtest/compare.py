@@ -4,8 +4,9 @@
     make loadtest ARGS="--stacks envoy,noop-sync,mixerless-memory --rounds 3"
     .venv/bin/python loadtest/compare.py --quick   # a one-minute smoke run
 
-Stacks (``--stacks``; default all): envoy, noop-aio, noop-sync, in-proxy, mixerless-memory,
-mixerless-redis, mixerless-leased (``harness/stacks.py`` says what each is). Each run starts a
+Stacks (``--stacks``; default all but the last): envoy, noop-aio, noop-sync, in-proxy,
+mixerless-memory, mixerless-redis, mixerless-leased, mixerless-2workers (``harness/stacks.py``
+says what each is). Each run starts a
 fresh stack on free loopback ports, checks its answers (valid token 200, missing 403, bad
 signature 401, over quota 429), warms it up, drives ``k6/gateway.js`` through it, checks that
 Envoy's filter counters cover every request, and stops it.
@@ -53,7 +54,8 @@ def _cpus(text: str) -> frozenset[int] | None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stacks", default=",".join(STACKS), help="comma-separated (default: all)")
+    default = ",".join(name for name, spec in STACKS.items() if spec.by_default)
+    parser.add_argument("--stacks", default=default, help=f"comma-separated (default: {default})")
     parser.add_argument("--rounds", type=int, default=2, help="closed-loop rounds (default 2)")
     parser.add_argument("--duration", type=float, default=15, help="closed-loop seconds per run")
     parser.add_argument(

