@@ -1,9 +1,9 @@
 """``mixerless serve --workers N``: the parent process, and how it lays its workers out.
 
 One Python process answers about one core's worth of calls, so the authz and rate limit
-calls are answered by N worker processes (``services/workers.py``: ports, supervisor),
-each an ordinary ``serve.Application`` told its role by ``worker_flags``. The parent
-keeps what must be one per deployment, and answers no authz or rate limit call itself:
+calls are answered by N worker processes (ports: ``worker_ports.py``; supervisor:
+``workers.py``), each an ordinary ``serve.Application`` told its role by ``worker_flags``.
+The parent keeps what must be one per deployment, and answers no authz or rate limit call itself:
 
 * **the xds service**, from its own load of the policy directory; the generated authz
   and ratelimit clusters list every worker's own ports as endpoints
@@ -57,10 +57,9 @@ from services.ratelimit.service import RateLimitService
 from services.ratelimit.store import CounterStore
 from services.serve import Application
 from services.settings import Settings, SettingsError
-from services.workers import (
+from services.worker_ports import (
     PORTS_PER_WORKER,
     PortPlan,
-    Supervisor,
     WorkerPorts,
     check_free,
     check_port_free,
@@ -68,6 +67,7 @@ from services.workers import (
     free_ports,
     plan_ports,
 )
+from services.workers import Supervisor
 
 log = structlog.get_logger("mixerless.workers")
 

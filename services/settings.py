@@ -49,7 +49,7 @@ from services.policy.durations import parse_duration
 from services.ratelimit.redis_settings import RedisSettings
 from services.ratelimit.redis_url import parse_redis_target
 from services.ratelimit.service import RateLimitOptions
-from services.workers import WorkerRole
+from services.worker_ports import WorkerRole
 
 SERVICES = ("ratelimit", "authz", "xds")
 

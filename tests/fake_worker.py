@@ -1,6 +1,6 @@
 """A stand-in for a ``mixerless serve`` worker, for the supervisor's tests (stdlib only).
 
-It takes the flags ``services.workers.worker_flags`` gives a worker, serves ``/readyz``
+It takes the flags ``services.worker_ports.worker_flags`` gives a worker, serves ``/readyz``
 and ``/metrics`` on its ``--http-port`` (127.0.0.1), writes what it was told to
 ``<--record>/worker-<index>-<pid>.json``, and on SIGTERM or SIGINT answers ``/readyz``
 with 503, records the signal, waits ``--drain`` seconds and exits 0. Test knobs:

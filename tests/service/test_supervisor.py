@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from services.metrics_merge import merge_expositions
-from services.workers import Backoff, Supervisor, free_port_plan
+from services.worker_ports import free_port_plan
+from services.workers import Backoff, Supervisor
 
 FAKE_WORKER = Path(__file__).parent.parent / "fake_worker.py"
 QUICK = Backoff(first=0.01, cap=0.05)  # restarts in these tests wait this long, no longer

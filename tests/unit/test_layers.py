@@ -17,6 +17,7 @@ SERVING = (
     "http_server",
     "demo",
     "workers",
+    "worker_ports",
     "parent",
     "__main__",
 )

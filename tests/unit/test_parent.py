@@ -11,7 +11,7 @@ from services import __version__
 from services.grpc_server import ServerOptions
 from services.parent import Layout, plan_layout, python_command, worker_command
 from services.settings import Settings, SettingsError
-from services.workers import WorkerRole, default_workers, plan_ports
+from services.worker_ports import WorkerRole, default_workers, plan_ports
 from tests.envoy_proc import LOOPBACK, free_port, free_port_block
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.settings import Settings, add_arguments, build_settings
-from services.workers import (
-    Backoff,
+from services.worker_ports import (
     PortPlan,
     WorkerPorts,
     WorkerRole,
@@ -19,10 +18,9 @@ from services.workers import (
     default_workers,
     free_port_plan,
     plan_ports,
-    probe_host,
-    watch_parent,
     worker_flags,
 )
+from services.workers import Backoff, probe_host, watch_parent
 from services.xds.gateway import Endpoint
 
 
