@@ -6,13 +6,22 @@ server of the test's own, which it may pause or stop. A test using any of them
 must carry ``@pytest.mark.redis`` (checked here).
 """
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from random import Random
+from typing import Any
 
+import grpc
 import pytest
 
+from services import envoy_api as api
+from services.grpc_server import ServerOptions
 from services.ratelimit.redis_settings import RedisSettings
 from services.ratelimit.redis_store import RedisCounterStore
+from services.serve import Application
+from services.settings import Settings
+from tests.ratelimit_calls import POLICY, write_policy
 from tests.redis_servers import (
     RedisCluster,
     RedisServer,
@@ -102,3 +111,48 @@ async def make_store() -> AsyncIterator[StoreFactory]:
     yield make
     for store in stores:
         await store.close()
+
+
+ReplicaFactory = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+async def start_replica(tmp_path: Path) -> AsyncIterator[ReplicaFactory]:
+    """Start rate-limit-only ``Application``s on one policy directory and a Redis URL;
+    ``await start_replica(url, policy=..., redis_timeout=..., lease_processes=...)`` returns
+    a stub to the replica's gRPC port once its policy set has loaded."""
+    running: list[tuple[Application, grpc.aio.Channel]] = []
+
+    async def start(
+        redis_url: str,
+        *,
+        policy: str = POLICY,
+        redis_timeout: float = 0.5,
+        lease_processes: int = 1,
+    ) -> Any:
+        write_policy(tmp_path, policy)
+        settings = Settings(
+            services=frozenset({"ratelimit"}),
+            policies=tmp_path,
+            ratelimit_port=0,
+            http_port=0,
+            redis=RedisSettings(redis_url, 4, 1.0, redis_timeout, 0),
+            lease_processes=lease_processes,
+            reload_interval=0.05,
+            server=ServerOptions(host="127.0.0.1"),
+        )
+        app = Application(settings)
+        await app.start()
+        assert app.ratelimit is not None
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.ratelimit.port}")
+        running.append((app, channel))
+        for _ in range(100):
+            if app.state.current is not None:
+                break
+            await asyncio.sleep(0.02)
+        return api.RateLimitServiceStub(channel)
+
+    yield start
+    for app, channel in running:
+        await channel.close()
+        await app.stop()

@@ -2,19 +2,13 @@
 admission, shared counters, and far fewer Redis commands than decisions."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import grpc
 import pytest
 
 from services import envoy_api as api
-from services.grpc_server import ServerOptions
-from services.ratelimit.redis_settings import RedisSettings
-from services.serve import Application
-from services.settings import Settings
-from tests.ratelimit_calls import make_request, write_policy
+from tests.ratelimit_calls import make_request
 from tests.redis_servers import RedisServer
 
 OK = api.RateLimitResponse.OK
@@ -29,39 +23,6 @@ descriptors:
 """
 
 
-@pytest.fixture(name="start_replica")
-async def fixture_start_replica(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    write_policy(tmp_path, POLICY)
-    running: list[tuple[Application, grpc.aio.Channel]] = []
-
-    async def start(redis_url: str, processes: int = 1) -> Any:
-        settings = Settings(
-            services=frozenset({"ratelimit"}),
-            policies=tmp_path,
-            ratelimit_port=0,
-            http_port=0,
-            redis=RedisSettings(redis_url, 4, 1.0, 0.5, 0),
-            lease_processes=processes,
-            reload_interval=0.05,
-            server=ServerOptions(host="127.0.0.1"),
-        )
-        app = Application(settings)
-        await app.start()
-        assert app.ratelimit is not None
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.ratelimit.port}")
-        running.append((app, channel))
-        for _ in range(100):
-            if app.state.current is not None:
-                break
-            await asyncio.sleep(0.02)
-        return api.RateLimitServiceStub(channel)
-
-    yield start
-    for app, channel in running:
-        await channel.close()
-        await app.stop()
-
-
 def _evalsha_calls(server: RedisServer) -> int:
     stats = server.client().info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
@@ -73,7 +34,7 @@ async def test_a_leased_limit_admits_exactly_its_limit_with_few_round_trips(
 ) -> None:
     """150 calls on a leased limit of 100: exactly 100 admitted, the first 100 with a few
     lease grants (each refused call asks Redis again, unless the over-limit cache is on)."""
-    stub = await start_replica(redis_server.url)
+    stub = await start_replica(redis_server.url, policy=POLICY)
     before = _evalsha_calls(redis_server)
     request = make_request("edge", [("leased", "u")])
     codes = [(await stub.ShouldRateLimit(request)).overall_code for _ in range(100)]
@@ -88,7 +49,7 @@ async def test_an_exact_limit_still_costs_one_round_trip_per_call(
     start_replica: Callable[..., Any], redis_server: RedisServer
 ) -> None:
     """Limits without counting: leased keep envoyproxy/ratelimit's per-call counting."""
-    stub = await start_replica(redis_server.url)
+    stub = await start_replica(redis_server.url, policy=POLICY)
     request = make_request("edge", [("exact", "u")])
     await stub.ShouldRateLimit(request)  # the script is loaded (NOSCRIPT, then EVALSHA)
     before = _evalsha_calls(redis_server)
@@ -102,7 +63,9 @@ async def test_two_replicas_leasing_one_limit_admit_it_once(
     start_replica: Callable[..., Any], redis_server: RedisServer
 ) -> None:
     """Replicas leasing from one Redis counter never admit more than its limit together."""
-    stubs = [await start_replica(redis_server.url, processes=2) for _ in range(2)]
+    stubs = [
+        await start_replica(redis_server.url, policy=POLICY, lease_processes=2) for _ in range(2)
+    ]
     request = make_request("edge", [("leased", "shared")])
     replies = await asyncio.gather(*(stubs[i % 2].ShouldRateLimit(request) for i in range(300)))
     admitted = sum(reply.overall_code == OK for reply in replies)
@@ -114,7 +77,7 @@ async def test_a_call_on_leased_and_exact_limits_counts_each_once(
     start_replica: Callable[..., Any], redis_server: RedisServer
 ) -> None:
     """One call hitting both kinds of limit counts each exactly once."""
-    stub = await start_replica(redis_server.url)
+    stub = await start_replica(redis_server.url, policy=POLICY)
     request = make_request("edge", [("leased", "m")], [("exact", "m")])
     replies = [await stub.ShouldRateLimit(request) for _ in range(5)]
     assert [r.overall_code for r in replies] == [OK] * 5

@@ -1,56 +1,17 @@
 """The whole rate limit service over real Redis: replicas share counts, outages are UNAVAILABLE."""
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 
 from services import envoy_api as api
-from services.grpc_server import ServerOptions
-from services.ratelimit.redis_settings import RedisSettings
-from services.serve import Application
-from services.settings import Settings
-from tests.ratelimit_calls import POLICY, make_request, write_policy
+from tests.ratelimit_calls import make_request
 from tests.redis_servers import RedisCluster, RedisServer
 
 OK = api.RateLimitResponse.OK
 OVER = api.RateLimitResponse.OVER_LIMIT
-
-
-@pytest.fixture(name="start_replica")
-async def fixture_start_replica(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    write_policy(tmp_path, POLICY)
-    running: list[tuple[Application, grpc.aio.Channel]] = []
-
-    async def start(redis_url: str, redis_timeout: float = 0.5) -> Any:
-        redis = RedisSettings(redis_url, 4, 1.0, redis_timeout, 0)
-        settings = Settings(
-            services=frozenset({"ratelimit"}),
-            policies=tmp_path,
-            ratelimit_port=0,
-            http_port=0,
-            redis=redis,
-            reload_interval=0.05,
-            server=ServerOptions(host="127.0.0.1"),
-        )
-        app = Application(settings)
-        await app.start()
-        assert app.ratelimit is not None
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.ratelimit.port}")
-        running.append((app, channel))
-        for _ in range(100):
-            if app.state.current is not None:
-                break
-            await asyncio.sleep(0.02)
-        return api.RateLimitServiceStub(channel)
-
-    yield start
-    for app, channel in running:
-        await channel.close()
-        await app.stop()
 
 
 @pytest.mark.redis
