@@ -34,7 +34,6 @@ after the workers have given back the leased units they held.
 
 import asyncio
 import dataclasses
-import signal
 import site
 import sys
 from collections.abc import Mapping, Sequence
@@ -55,7 +54,7 @@ from services.ratelimit.model import RateLimitConfig
 from services.ratelimit.parent_server import LeaseServer
 from services.ratelimit.service import RateLimitService
 from services.ratelimit.store import CounterStore
-from services.serve import Application
+from services.serve import Application, stop_on_signals
 from services.settings import Settings, SettingsError
 from services.worker_ports import (
     PORTS_PER_WORKER,
@@ -339,10 +338,7 @@ class Parent:
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully (see the module's doc)."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await self.start()
         await stop.wait()
         log.info("shutting down", grace_seconds=self.settings.shutdown_grace)

@@ -101,6 +101,16 @@ def build_store(settings: Settings, clock: Clock) -> CounterStore:
     return Router(exact, _leased(authority, processes, clock))
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT (installed before anything starts, so a
+    signal during start-up is not lost)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def _return_idle(leased: LeasedCounter, interval: float = 1.0) -> None:
     """Give idle leases back every ``interval`` seconds (and free their memory)."""
     while True:
@@ -310,10 +320,7 @@ class Application:
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await self.start()
         parent = None
         if self._parent is not None:
