@@ -33,7 +33,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-SCENARIOS = ("check-none", "check-cached-jwt", "check-fresh-rs256", "rls-memory")
+SCENARIOS = ("check-none", "check-cached-jwt", "check-fresh-rs256", "rls-memory", "gateway-mix")
+# The k6 gateway scenario's mix (loadtest/k6/gateway.js), as the Checks Envoy sends for it.
+GATEWAY_MIX = {"api": 45, "quota": 35, "missing": 6, "expired": 5, "bad_signature": 4}
+GATEWAY_MIX |= {"admin": 3, "staff": 2}
+GATEWAY_USERS = 50  # the closed loop's VUs, each with its own user
 
 
 class _Context:
@@ -94,7 +98,7 @@ def _load(directory: Path) -> Any:
     return load_directory(directory, LoadOptions())
 
 
-def _check_servicer(scenario: str, pool: int) -> tuple[Any, Any, list[bytes]]:
+def _check_servicer(scenario: str, pool: int) -> tuple[Any, list[bytes]]:
     from scenarios import authz
 
     from services import envoy_api as api
@@ -132,7 +136,84 @@ def _check_servicer(scenario: str, pool: int) -> tuple[Any, Any, list[bytes]]:
     return call, bodies
 
 
-def _rls_servicer(pool: int) -> tuple[Any, Any, list[bytes]]:
+def _gateway_servicer(pool: int) -> tuple[Any, list[bytes]]:
+    """The demo policies with one-hop quotas in memory, as ``mixerless serve`` builds them,
+    and the Checks an Envoy gateway sends for the k6 gateway mix (seeded)."""
+    import random
+
+    from harness.stacks import DEMO_POLICIES, gateway_policies
+    from harness.tokens import PoolSpec, mint_pool
+    from scenarios import authz
+
+    from services import envoy_api as api
+    from services.authz.jwt.authenticate import JwtAuthenticator
+    from services.authz.jwt.keys import KeyResolver, RemoteKeySource
+    from services.authz.providers.registry import ProviderClients
+    from services.authz.service import AuthzService, WorkloadDefaults
+    from services.authz.servicer import AuthorizationServicer
+    from services.clock import SystemClock
+    from services.metrics import Metrics
+    from services.one_hop import InCheckQuota
+    from services.ratelimit.memory_store import InMemoryCounterStore
+    from services.ratelimit.service import RateLimitOptions, RateLimitService
+
+    directory = Path(tempfile.mkdtemp(prefix="inprocess-")) / "policies"
+    gateway_policies(DEMO_POLICIES, directory, 10000, 10080)
+    policy_set = _load(directory)
+    clock = SystemClock()
+    metrics = Metrics()
+    counting = RateLimitService(
+        lambda: policy_set.ratelimit,
+        InMemoryCounterStore(clock),
+        clock,
+        metrics,
+        RateLimitOptions(),
+    )
+    jwt = JwtAuthenticator(KeyResolver(remote=RemoteKeySource(clock=clock)), clock)
+    service = AuthzService(
+        lambda: policy_set.authz,
+        jwt,
+        ProviderClients(),
+        metrics,
+        WorkloadDefaults(),
+        InCheckQuota(counting),
+        clock=clock,
+    )
+    call = _caller(AuthorizationServicer, service, metrics, api.CheckRequest, "Check")
+    tokens = mint_pool(PoolSpec(users=GATEWAY_USERS, staff=2, expired=4, bad_signature=4))
+    rand = random.Random(7)
+    classes = list(GATEWAY_MIX)
+    weights = list(GATEWAY_MIX.values())
+    bodies = []
+    for number in range(pool):
+        name = rand.choices(classes, weights)[0]
+        path = {"quota": f"/product/{rand.randint(1, 1000)}", "admin": "/admin"}.get(
+            name, "/api/orders"
+        )
+        if name == "staff":
+            path = "/admin"
+        token = {
+            "missing": None,
+            "expired": rand.choice(tokens["expired"]),
+            "bad_signature": rand.choice(tokens["bad_signature"]),
+            "staff": rand.choice(tokens["staff"])["token"],
+        }.get(name, rand.choice(tokens["users"])["token"])
+        request = api.CheckRequest.FromString(
+            authz.check_request(token, request_id=authz.request_id(number), path=path)
+        )
+        request.attributes.context_extensions.update(
+            {
+                "namespace": "istio-system",
+                "gateway": "public",
+                "labels": "istio=ingressgateway",
+                "route": "products" if path.startswith("/product") else "default",
+            }
+        )
+        bodies.append(bytes(request.SerializeToString()))
+    return call, bodies
+
+
+def _rls_servicer(pool: int) -> tuple[Any, list[bytes]]:
     from scenarios import ratelimit
 
     from services import envoy_api as api
@@ -165,6 +246,8 @@ async def _drive(scenario: str, requests: int, pool: int) -> float:
     pool = max(pool, requests + 50)
     if scenario == "rls-memory":
         call, bodies = _rls_servicer(pool)
+    elif scenario == "gateway-mix":
+        call, bodies = _gateway_servicer(pool)
     else:
         call, bodies = _check_servicer(scenario, pool)
     for body in bodies[:50]:
@@ -204,6 +287,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--pool", type=int, default=0, help="requests made (default: enough)")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="with --compare: which (comma-separated)"
+    )
     args = parser.parse_args()
     if args.compare is None:
         seconds = asyncio.run(_drive(args.scenario, args.requests, args.pool))
@@ -214,7 +300,7 @@ def main() -> int:
         "| scenario | before: instructions/request | after: instructions/request | after/before |"
     )
     print("|---|---|---|---|")
-    for scenario in SCENARIOS:
+    for scenario in args.scenarios.split(","):
         per = {}
         for name, tree in (("before", before), ("after", after)):
             pool = args.requests + 50

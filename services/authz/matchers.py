@@ -255,13 +255,15 @@ class PathMatcher:
     matches ``/a/`` and ``/a/b/c`` but not ``/a``.
     """
 
-    __slots__ = ("_strings", "_templates")
+    __slots__ = ("_strings", "_templates", "patterns")
 
+    patterns: tuple[str, ...]  # as written: equal patterns, equal answers
     _strings: StringSet | None
     _templates: re.Pattern[str] | None
 
     def __init__(self, patterns: Iterable[str]) -> None:
         checked = check_patterns(patterns, "path")
+        self.patterns = checked
         plain: list[str] = []
         templates: list[str] = []
         for pattern in checked:

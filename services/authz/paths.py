@@ -120,7 +120,7 @@ def request_path(raw: str, mode: PathNormalization = PathNormalization.BASE) -> 
         return raw
     _check(raw)
     path, _query = _split(raw)
-    return _normalize(path, mode)
+    return path if _is_plain(path, mode) else _normalize(path, mode)
 
 
 def full_path_with_query(raw: str, mode: PathNormalization = PathNormalization.BASE) -> str:
@@ -132,6 +132,8 @@ def full_path_with_query(raw: str, mode: PathNormalization = PathNormalization.B
         return raw
     _check(raw)
     path, query = _split(raw)
+    if _is_plain(path, mode):  # most paths with a query: nothing to do but drop a fragment
+        return path if query is None else raw[: len(path) + 1 + len(query)]
     normalized = _normalize(path, mode)
     return normalized if query is None else f"{normalized}?{query}"
 
@@ -144,7 +146,8 @@ def _check(raw: str) -> None:
 
 
 def _is_plain(raw: str, mode: PathNormalization) -> bool:
-    """True when ``raw`` is valid and already normal: the per-request fast path."""
+    """True when ``raw`` is valid and already normal (``_normalize`` would return it as
+    it is, in every mode): the per-request fast path."""
     return (
         raw[:1] == "/"
         and _FAST.fullmatch(raw) is not None

@@ -19,21 +19,29 @@ What the stages read (``stages.normalize``, ``stages.authenticate`` with the rea
   the attribute its field or ``when`` key names (``_FIELD_READS``), and for
   ``request.headers[name]`` that header, with its repeated values.
 * JWT, when the plan has rules: whether the request is a CORS preflight (which skips the
-  step), the tokens the plan's extractor finds (header, query parameter and cookie
-  locations, exactly as ``TokenExtractor`` finds them), and, when there is a token, what
-  the ``www-authenticate`` realm of a rejection is made of (scheme, host, ``:path``).
-  The verified identity (``requestPrincipals``, ``request.auth.*``) is a function of
-  those tokens, so it needs no slot of its own. Without JWT rules it is always absent.
-  The realm costs hit rate (a request with a token is keyed on its whole URL, query
-  included) for outcomes ``ttl_cap`` never lets into a cache anyway; it stays so that
-  equal keys mean equal decisions without relying on what the caller caches.
+  step) and the tokens the plan's extractor finds (header, query parameter and cookie
+  locations, exactly as ``TokenExtractor`` finds them). The verified identity
+  (``requestPrincipals``, ``request.auth.*``) is a function of those tokens, so it needs
+  no slot of its own. Without JWT rules it is always absent.
 
-Values are taken as the stages see them, after normalization: the normalized path, the
-lower-cased host, the trusted client address (from X-Forwarded-For only when
-``numTrustedProxies`` is above 0), so requests that differ only in ways normalization
-erases share an entry. Nothing else is in a key: a header no policy names, a port no
-policy reads, the body (nothing up to RBAC reads it; CUSTOM providers may, and a plan
-with enforced CUSTOM policies is not cacheable at all).
+Values are taken as the stages see them, after normalization: the lower-cased host, the
+trusted client address (from X-Forwarded-For only when ``numTrustedProxies`` is above 0),
+so requests that differ only in ways normalization erases share an entry.
+
+**Paths are keyed by what the policies ask of them.** ``paths``/``notPaths`` are the only
+readers of the normalized path, so the key holds, for each distinct path matcher of the
+plan, whether the path matches it (``path_tests``), not the path itself: ``/product/1``
+and ``/product/2`` share an entry wherever no policy tells them apart. REST paths carry
+ids, and a key holding the path would miss on almost every request. The raw ``:path``
+(``request.headers[:path]``) is still keyed as it is.
+
+Nothing else is in a key: a header no policy names, a port no policy reads, the body
+(nothing up to RBAC reads it; CUSTOM providers may, and a plan with enforced CUSTOM
+policies is not cacheable at all), and a rejected token's ``www-authenticate`` realm
+(scheme, host and ``:path``): a rejected token is never cached (``ttl_cap``), and
+equal keys hold equal tokens, so two requests with one key are both rejected or both
+not. The property that holds is therefore: equal keys give equal decisions whenever
+either decision may be cached (``tests/property/test_decision_cache_keys.py``).
 
 Time is not in the key: a verified token's result holds until its ``exp``, so an entry
 must not outlive it (``ttl_cap``).
@@ -47,6 +55,7 @@ from services.authz.answer import Denial
 from services.authz.authorization_policy import AuthorizationPolicy
 from services.authz.client_address import trusted_client_address
 from services.authz.jwt.result import JwtResult
+from services.authz.matchers import PathMatcher
 from services.authz.mesh_config import MeshSettings
 from services.authz.model import CheckInput
 from services.authz.paths import InvalidPathError, PathNormalization, full_path_with_query
@@ -65,7 +74,7 @@ memory is bounded by its entry count times this (Envoy accepts 60 KiB of headers
 # field (``notX`` shares X's Check); ``when`` checks after their key.
 _METHOD = "method"
 _HOST = "host"
-_PATH = "path"  # normalized, without the query
+_PATH = "path"  # normalized, without the query: keyed by the plan's path matchers
 _PATH_WITH_QUERY = "path_with_query"  # the :path header as RBAC sees it
 _SOURCE_IP = "source_ip"
 _REMOTE_IP = "remote_ip"
@@ -129,7 +138,7 @@ class ReadSet:
     uncacheable: str  # why no request of this plan may be cached; "" when it may
     method: bool
     host: bool
-    path: bool
+    path_tests: tuple[PathMatcher, ...]  # the plan's distinct path matchers, in a fixed order
     path_with_query: bool
     headers: tuple[str, ...]  # request.headers[...] names, lower-case, sorted
     source_ip: bool
@@ -183,10 +192,9 @@ class ReadSet:
         if self.path_with_query:
             parts.append(path_with_query)
             size += len(path_with_query)
-        elif self.path:
+        if self.path_tests:
             path = path_with_query.partition("?")[0]
-            parts.append(path)
-            size += len(path)
+            parts.append(tuple([test.matches(path) for test in self.path_tests]))
         headers = request.headers
         if self.headers:
             repeated = request.repeated
@@ -235,13 +243,8 @@ class ReadSet:
             )
             tokens = self.plan.jwt.extractor.extract(seen)
             parts.append(tokens)
-            if tokens:
-                size += sum(len(found.token) for found in tokens)
-                # A rejected token's www-authenticate realm: scheme://host/path (raw host).
-                parts.append((request.scheme, request.host, path_with_query))
-                size += len(request.host) + len(path_with_query)
-            else:
-                parts.append(None)
+            for found in tokens:
+                size += len(found.token)
         if size > self.max_key_chars:
             return None
         return tuple(parts)
@@ -254,8 +257,9 @@ def compile_reads(
     reads: set[str] = set()
     headers: set[str] = set()
     unknown: list[str] = []
+    path_tests: dict[tuple[str, ...], PathMatcher] = {}
     for policy in (*plan.audit, *plan.deny, *plan.allow, *plan.dry_run):
-        _policy_reads(policy, reads, headers, unknown)
+        _policy_reads(policy, reads, headers, unknown, path_tests)
     uncacheable = ""
     if plan.custom:
         # Enforced CUSTOM policies ask a provider over the network, with the request
@@ -272,7 +276,7 @@ def compile_reads(
         uncacheable=uncacheable,
         method=_METHOD in reads,
         host=_HOST in reads,
-        path=_PATH in reads,
+        path_tests=tuple(path_tests.values()),
         path_with_query=_PATH_WITH_QUERY in reads,
         headers=tuple(sorted(headers)),
         source_ip=_SOURCE_IP in reads,
@@ -287,10 +291,15 @@ def compile_reads(
 
 
 def _policy_reads(
-    policy: AuthorizationPolicy, reads: set[str], headers: set[str], unknown: list[str]
+    policy: AuthorizationPolicy,
+    reads: set[str],
+    headers: set[str],
+    unknown: list[str],
+    path_tests: dict[tuple[str, ...], PathMatcher],
 ) -> None:
     """Add what ``policy``'s checks read: attribute names to ``reads``, header names to
-    ``headers``; a check this module does not know goes to ``unknown``."""
+    ``headers``, path matchers to ``path_tests`` (one per distinct pattern list); a check
+    this module does not know goes to ``unknown``."""
     for rule in policy.rules:
         checks = [*rule.conditions]
         for entries in (rule.sources or (), rule.operations or ()):
@@ -299,7 +308,13 @@ def _policy_reads(
         for check in checks:
             name = check.name
             found = _FIELD_READS.get(name)
-            if found is not None:
+            if found == _PATH:
+                for test in (check.positive, check.negative):
+                    if isinstance(test, PathMatcher):
+                        path_tests.setdefault(test.patterns, test)
+                    elif test is not None:
+                        unknown.append(f"'{name}' ({policy.key})")
+            elif found is not None:
                 reads.add(found)
             elif name.startswith(_HEADER_KEY) and name.endswith("]"):
                 header = name[len(_HEADER_KEY) : -1].lower()  # as the compiled getter does

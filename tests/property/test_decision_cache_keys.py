@@ -5,11 +5,13 @@ real compilers) and random pairs of requests, the second differing from the firs
 few random attributes. Then, for the plan's ``ReadSet``:
 
 * safety: equal keys ⇒ the uncached decisions (``pipeline.run`` with real JWT
-  verification over inline keys) are equal in every field;
+  verification over inline keys) are equal in every field, whenever either of them may
+  be cached (a rejected token's answer never is, and names the URL in its realm);
 * sensitivity: if any value the plan's checks read differs, the keys differ. What the
   checks read is found independently of ``reads.py``: each compiled ``Check``'s getter is
   run against a recorder that notes every attribute, header and claim it touches; the
-  JWT step's inputs (CORS preflight, extracted tokens, a rejection's realm) are added;
+  path counts as what the checks reading it answer for it; the JWT step's inputs (CORS
+  preflight, extracted tokens) are added;
 * precision: equal read values ⇒ equal keys, so nothing unread is in the key.
 """
 
@@ -25,13 +27,14 @@ from services.authz.attributes import Attributes
 from services.authz.config import AuthzConfig
 from services.authz.jwt.authenticate import JwtAuthenticator
 from services.authz.jwt.keys import KeyResolver
+from services.authz.jwt.result import NO_RULES
 from services.authz.mesh_config import MeshSettings
 from services.authz.model import CheckInput, Decision, HttpRequest, Peer
 from services.authz.paths import PathNormalization
 from services.authz.plan import WorkloadDefaults, WorkloadPlan
 from services.authz.providers.client import AuthzProviderClient
 from services.authz.providers.config import Provider
-from services.authz.reads import ReadSet, compile_reads
+from services.authz.reads import ReadSet, compile_reads, ttl_cap
 from services.clock import ManualClock
 from tests.conformance.harness import (
     authorization_policy,
@@ -322,6 +325,11 @@ def decide(config: AuthzConfig, check: CheckInput) -> tuple[Decision, pipeline.T
     return finish(pipeline.run(config.mesh, plan, check, SEAMS, trace)), trace
 
 
+def cacheable(trace: pipeline.Trace) -> bool:
+    """Whether the service may keep this outcome: what its ``ttl_cap`` says."""
+    return ttl_cap(trace.jwt or NO_RULES, NOW) is not None
+
+
 def reads_for(config: AuthzConfig, check: CheckInput) -> ReadSet:
     return compile_reads(config.plan(check.context, DEFAULTS), config.mesh)
 
@@ -346,17 +354,29 @@ class Recorder:
         self.reads.add(("claim", path))
 
 
-def recorded_reads(plan: WorkloadPlan) -> list[tuple[str, Any]]:
-    recorder = Recorder()
+def plan_checks(plan: WorkloadPlan) -> list[Any]:
+    """Every compiled ``Check`` of the policies RBAC evaluates for ``plan``."""
+    checks: list[Any] = []
     for policy in (*plan.audit, *plan.deny, *plan.allow, *plan.dry_run):
         for compiled_rule in policy.rules:
-            checks = list(compiled_rule.conditions)
+            checks.extend(compiled_rule.conditions)
             for entries in (compiled_rule.sources or (), compiled_rule.operations or ()):
                 for entry in entries:
                     checks.extend(entry)
-            for check in checks:
-                check.get(recorder)  # type: ignore[arg-type]
-    return sorted(recorder.reads, key=repr)
+    return checks
+
+
+def recorded_reads(plan: WorkloadPlan) -> tuple[list[tuple[str, Any]], list[Any]]:
+    """What the checks read, and the matchers of those that read the path."""
+    recorder = Recorder()
+    path_matchers: list[Any] = []
+    for check in plan_checks(plan):
+        own = Recorder()
+        check.get(own)
+        recorder.reads |= own.reads
+        if ("field", "path") in own.reads:
+            path_matchers.extend(m for m in (check.positive, check.negative) if m is not None)
+    return sorted(recorder.reads, key=repr), path_matchers
 
 
 def read_values(config: AuthzConfig, check: CheckInput) -> list[Any] | None:
@@ -376,8 +396,11 @@ def read_values(config: AuthzConfig, check: CheckInput) -> list[Any] | None:
         context.get("labels"),
         context.get("gateway", ""),
     ]
-    for kind, name in recorded_reads(plan):
-        if kind == "field":
+    reads, path_matchers = recorded_reads(plan)
+    for kind, name in reads:
+        if kind == "field" and name == "path":  # what the checks reading it make of it
+            values.append(tuple(m.matches(attributes.path) for m in path_matchers))
+        elif kind == "field":
             values.append(getattr(attributes, name))
         elif kind == "header":
             values.append(attributes.header(name))
@@ -391,9 +414,7 @@ def read_values(config: AuthzConfig, check: CheckInput) -> list[Any] | None:
             and "origin" in headers
             and "access-control-request-method" in headers
         )
-        tokens = plan.jwt.extractor.extract(request)
-        values.append(tokens)
-        values.append((request.scheme, request.host, request.path) if tokens else None)
+        values.append(plan.jwt.extractor.extract(request))
     return values
 
 
@@ -414,12 +435,16 @@ def test_equal_keys_mean_equal_decisions(scenario: Scenario) -> None:
     """A cached decision is only ever served where the uncached one would be the same."""
     key, others = keyed(scenario)
     assume(key is not None)
-    decision, _ = decide(scenario.config, scenario.first)
+    decision, trace = decide(scenario.config, scenario.first)
     for other, other_key in others:
         if other_key == key:
+            other_decision, other_trace = decide(scenario.config, other)
+            if not (cacheable(trace) or cacheable(other_trace)):
+                event("equal keys: neither may be cached")
+                continue
             event(f"equal keys: {'allowed' if decision.allowed else decision.status}")
             event(f"equal keys: stage {decision.reason.stage}")
-            assert decide(scenario.config, other)[0] == decision, other
+            assert other_decision == decision, other
 
 
 @SETTINGS
