@@ -116,25 +116,21 @@ async def finish(
     """Count an allowed request's ``quotas`` and log its audit notes; the Decision.
 
     ``normalized`` is the request as ``evaluate`` normalized it; a cached ``evaluated``
-    comes without it, and the request is normalized again only if a quota needs it.
+    comes without it, and only what a quota reads is taken again (``quota_view``).
     """
     verdict = evaluated.rbac
     if verdict is None:
         return evaluated.decision
     decision = evaluated.decision
     if quotas and isinstance(verdict, Verdict):
-        if normalized is None:
-            found = stages.normalize(check, mesh)
+        if normalized is not None:
+            seen = normalized.check.request, normalized.attributes.remote_ip
+        else:
+            found = stages.quota_view(check, mesh)
             if isinstance(found, Denial):  # cannot happen for a request RBAC allowed
                 return answer(found)
-            normalized = found
-        counted = await stages.quota(
-            quotas,
-            normalized.check.request,
-            evaluated.effects,
-            normalized.attributes.remote_ip,
-            seams.quota,
-        )
+            seen = found
+        counted = await stages.quota(quotas, seen[0], evaluated.effects, seen[1], seams.quota)
         if trace is not None:
             trace.quota = counted
         if isinstance(counted, Denial):

@@ -82,6 +82,40 @@ class Normalized(NamedTuple):
 
 def normalize(check: CheckInput, mesh: MeshSettings) -> Denial | Normalized:
     """Refuse what Envoy (or mixerless) refuses before any filter; else the attributes."""
+    found = _normalized_request(check, mesh)
+    if isinstance(found, Denial):
+        return found
+    check, path_with_query = found
+    request = check.request
+    attributes = Attributes(
+        method=request.method,
+        host=request.host.lower(),
+        path=path_with_query.partition("?")[0],  # only the part before "?" is normalized
+        path_with_query=path_with_query,
+        headers=request.headers,
+        repeated={name: HeaderValues(v) for name, v in request.repeated.items()},
+        source_ip=check.source.address,
+        remote_ip=_client_address(check, mesh),
+        source_principal=check.source.principal,
+        destination_ip=check.destination.address,
+        destination_port=check.destination.port,
+        sni=check.sni,
+    )
+    return Normalized(check, attributes)
+
+
+def quota_view(check: CheckInput, mesh: MeshSettings) -> Denial | tuple[HttpRequest, str]:
+    """What the quota step reads of a request: the request as normalized, and the client
+    address; without the attributes ``normalize`` builds for RBAC (a cached outcome's
+    request needs only this)."""
+    found = _normalized_request(check, mesh)
+    if isinstance(found, Denial):
+        return found
+    return found[0].request, _client_address(found[0], mesh)
+
+
+def _normalized_request(check: CheckInput, mesh: MeshSettings) -> Denial | tuple[CheckInput, str]:
+    """``check`` with its :path normalized, and that path; or why Envoy refuses it."""
     if not check.http:
         # A network-filter check: HTTP-only rules cannot be evaluated as Istio does for
         # TCP, so mixerless (an HTTP gateway authorizer) refuses rather than guess.
@@ -93,30 +127,18 @@ def normalize(check: CheckInput, mesh: MeshSettings) -> Denial | Normalized:
         path_with_query = full_path_with_query(request.path, mesh.path_normalization)
     except InvalidPathError as exc:
         return Denial(400, "Bad Request", Reason("path", detail=str(exc)))
-    path = path_with_query.partition("?")[0]  # only the part before "?" is normalized
     if path_with_query != request.path:
         # Envoy normalizes before any filter: JWT challenges and providers see this path.
-        request = replace(request, path=path_with_query)
-        check = replace(check, request=request)
-    attributes = Attributes(
-        method=request.method,
-        host=request.host.lower(),
-        path=path,
-        path_with_query=path_with_query,
-        headers=request.headers,
-        repeated={name: HeaderValues(v) for name, v in request.repeated.items()},
-        source_ip=check.source.address,
-        remote_ip=trusted_client_address(
-            check.source.address,
-            request.headers.get("x-forwarded-for"),
-            mesh.num_trusted_proxies,
-        ),
-        source_principal=check.source.principal,
-        destination_ip=check.destination.address,
-        destination_port=check.destination.port,
-        sni=check.sni,
+        check = replace(check, request=replace(request, path=path_with_query))
+    return check, path_with_query
+
+
+def _client_address(check: CheckInput, mesh: MeshSettings) -> str:
+    return trusted_client_address(
+        check.source.address,
+        check.request.headers.get("x-forwarded-for"),
+        mesh.num_trusted_proxies,
     )
-    return Normalized(check, attributes)
 
 
 async def custom(
