@@ -6,11 +6,19 @@ A ``Metrics`` owns its own registry (no import-time globals), so tests and
 not request values), except where a rule opts into ``detailed_metric``.
 """
 
+import threading
 import time
-from collections.abc import Callable, Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+# How prometheus_client writes a bucket's bound ("0.0001", "1.0"); the function is untyped.
+_go_float: Callable[[float], str] = floatToGoString
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -23,19 +31,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.rpc_requests = Counter(
-            "mixerless_rpc_requests_total",
-            "gRPC calls handled, by service and result.",
-            ["service", "result"],
-            registry=r,
-        )
-        self.rpc_latency = Histogram(
-            "mixerless_rpc_duration_seconds",
-            "Time spent answering a gRPC call, by service and result.",
-            ["service", "result"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.rpc = RpcMetrics()
+        r.register(self.rpc)
         self.policy_loads = Counter(
             "mixerless_policy_loads_total",
             "Policy directory loads, by result (success or error).",
@@ -108,17 +105,8 @@ class Metrics:
         )
 
     def rpc_recorder(self, service: str, outcomes: Iterable[str]) -> "RpcRecorder":
-        """Per-call metrics of one gRPC service, with labelled children resolved once
-        (``labels()`` costs ~10 µs: too much per call)."""
-        return RpcRecorder(
-            {
-                outcome: (
-                    self.rpc_requests.labels(service, outcome).inc,
-                    self.rpc_latency.labels(service, outcome).observe,
-                )
-                for outcome in outcomes
-            }
-        )
+        """Per-call metrics of one gRPC service (every outcome's series exists from now)."""
+        return self.rpc.recorder(service, outcomes)
 
     def set_policy(self, digest: str, loaded_at: float) -> None:
         self.policy_info.clear()
@@ -130,13 +118,96 @@ class Metrics:
 
 
 class RpcRecorder:
-    """Counts one call and observes its duration, by outcome."""
+    """Counts the calls of one gRPC service and their durations, by outcome, without a lock.
 
-    def __init__(self, children: dict[str, tuple[Callable[[], None], Callable[[float], None]]]):
-        self._children = children
+    Every call pays for this, so it is plain arithmetic: each thread counts into rows of
+    its own (a bucket count per ``LATENCY_BUCKETS`` bound plus +Inf, then the sum of
+    durations), found through a ``threading.local``, and a scrape adds the rows of every
+    thread up (``RpcMetrics``). prometheus_client's Counter and Histogram take three
+    locks a call and walk the buckets in Python, which cost several microseconds a call.
+    A scrape may see one thread's call counted in a bucket and not yet in the sum.
+    """
+
+    def __init__(self, service: str, outcomes: Iterable[str]) -> None:
+        self.service = service
+        self.outcomes = tuple(outcomes)
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards ``_rows``: a thread's first call adds its own
+        self._rows: list[dict[str, list[float]]] = []
 
     def record(self, outcome: str, started: float) -> None:
         """One call with ``outcome`` that began at ``time.perf_counter()`` ``started``."""
-        count, observe = self._children[outcome]
-        count()
-        observe(time.perf_counter() - started)
+        self.observe(outcome, time.perf_counter() - started)
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        """One call with ``outcome`` that took ``seconds``."""
+        try:
+            rows: dict[str, list[float]] = self._local.rows
+        except AttributeError:
+            rows = self._thread_rows()
+        row = rows[outcome]
+        row[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bound >= seconds ("le")
+        row[-1] += seconds
+
+    def _thread_rows(self) -> dict[str, list[float]]:
+        width = len(LATENCY_BUCKETS) + 2  # each bound, +Inf, the sum
+        rows = {outcome: [0.0] * width for outcome in self.outcomes}
+        with self._lock:
+            self._rows.append(rows)
+        self._local.rows = rows
+        return rows
+
+    def totals(self) -> dict[str, list[float]]:
+        """Per outcome: the calls in each bucket (not cumulative), then the sum."""
+        with self._lock:
+            every = list(self._rows)
+        width = len(LATENCY_BUCKETS) + 2
+        summed = {outcome: [0.0] * width for outcome in self.outcomes}
+        for rows in every:
+            for outcome, row in rows.items():
+                total = summed[outcome]
+                for index, value in enumerate(row):
+                    total[index] += value
+        return summed
+
+
+class RpcMetrics(Collector):
+    """``mixerless_rpc_requests_total`` and ``mixerless_rpc_duration_seconds`` (by service
+    and result), collected from the services' ``RpcRecorder``s at scrape time."""
+
+    def __init__(self) -> None:
+        self._recorders: list[RpcRecorder] = []
+
+    def recorder(self, service: str, outcomes: Iterable[str]) -> RpcRecorder:
+        recorder = RpcRecorder(service, outcomes)
+        self._recorders.append(recorder)
+        return recorder
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self._recorders)
+
+    @staticmethod
+    def _families(recorders: Iterable[RpcRecorder] = ()) -> Iterator[Metric]:
+        labels = ["service", "result"]
+        calls = CounterMetricFamily(
+            "mixerless_rpc_requests", "gRPC calls handled, by service and result.", labels=labels
+        )
+        durations = HistogramMetricFamily(
+            "mixerless_rpc_duration_seconds",
+            "Time spent answering a gRPC call, by service and result.",
+            labels=labels,
+        )
+        bounds = [*(_go_float(bound) for bound in LATENCY_BUCKETS), "+Inf"]
+        for recorder in recorders:
+            for outcome, row in recorder.totals().items():
+                cumulative, buckets = 0.0, []
+                for bound, count in zip(bounds, row[:-1], strict=True):
+                    cumulative += count
+                    buckets.append((bound, cumulative))
+                calls.add_metric([recorder.service, outcome], cumulative)
+                durations.add_metric([recorder.service, outcome], buckets, row[-1])
+        yield calls
+        yield durations

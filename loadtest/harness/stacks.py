@@ -115,8 +115,9 @@ def with_baseline(stacks: dict[str, StackSpec], tree: str) -> dict[str, StackSpe
             spec, name=f"{spec.name}@baseline", about=f"{spec.about} ({tree})", tree=tree
         )
         for spec in stacks.values()
-        # Older trees know no other counting, and no --workers.
-        if spec.kind == "mixerless" and spec.counting == "exact" and not spec.serve_args
+        # Listed only when asked for (--stacks); a tree from before leased counting or
+        # --workers fails to start those, saying so.
+        if spec.kind == "mixerless"
     }
     return {**stacks, **added}
 

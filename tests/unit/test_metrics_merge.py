@@ -21,10 +21,10 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def worker(calls: int, digest: str = "d1", loaded_at: float = 100.0) -> Metrics:
     metrics = Metrics()
-    metrics.rpc_requests.labels("authz", "ok").inc(calls)
+    rpc = metrics.rpc_recorder("authz", ["ok"])
     for _ in range(calls):
-        metrics.rpc_latency.labels("authz", "ok").observe(0.00005)
-    metrics.rpc_latency.labels("authz", "ok").observe(0.003)
+        rpc.observe("ok", 0.00005)
+    rpc.observe("ok", 0.003)
     metrics.ratelimit_hits.labels("edge", 'say "hi"\\\n', "over_limit").inc(calls)
     metrics.set_policy(digest, loaded_at)
     return metrics
@@ -35,8 +35,8 @@ class TestMerge:
         """Per label set, counter values, bucket counts, counts and sums are summed."""
         merged = samples(merge_expositions([worker(2).exposition(), worker(5).exposition()]))
         ok = (("result", "ok"), ("service", "authz"))
-        assert merged[("mixerless_rpc_requests_total", ok)] == 7
-        assert merged[("mixerless_rpc_duration_seconds_count", ok)] == 9  # 7 calls + 2 observed
+        assert merged[("mixerless_rpc_requests_total", ok)] == 9  # 2 + 1, then 5 + 1 calls
+        assert merged[("mixerless_rpc_duration_seconds_count", ok)] == 9
         assert merged[("mixerless_rpc_duration_seconds_bucket", (("le", "0.0001"), *ok))] == 7
         assert merged[("mixerless_rpc_duration_seconds_bucket", (("le", "0.005"), *ok))] == 9
         assert merged[("mixerless_rpc_duration_seconds_sum", ok)] == pytest.approx(
