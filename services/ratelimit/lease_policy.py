@@ -35,6 +35,7 @@ class LeasePolicy:
     idle_release: float = 2.0  # a lease untouched this long is returned (release_idle)
     min_window: int = 60  # shorter windows are counted exactly (worth_leasing)
     sweep_interval: float = 1.0  # how often ended windows are dropped
+    spent_recheck: float = 1.0  # a counter found spent is refused locally this long
 
     def __post_init__(self) -> None:
         for name in ("processes", "safety", "min_lease", "max_lease"):
@@ -42,8 +43,8 @@ class LeasePolicy:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_lease < self.min_lease:
             raise ValueError("max_lease must be at least min_lease")
-        if self.horizon <= 0 or self.rate_window <= 0:
-            raise ValueError("horizon and rate_window must be positive")
+        if self.horizon <= 0 or self.rate_window <= 0 or self.spent_recheck < 0:
+            raise ValueError("horizon and rate_window must be positive, spent_recheck not negative")
         if not 0 <= self.refill_below <= 1:
             raise ValueError("refill_below must be between 0 and 1")
 

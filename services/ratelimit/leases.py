@@ -23,6 +23,13 @@ exactly the shortfall (``addend - units held``), there are no background refills
 each decision is one exact round trip. A later grant that shows room again (returned
 units: at least ``2 * safety * processes`` left) opens the key again.
 
+**Spent.** A grant that leaves the counter at or over its limit means nothing is left
+for anyone until units come back (returned idle leases). For ``spent_recheck`` seconds
+(1 s) after it, a hit the lease cannot cover is refused here, without asking: over
+quota, a stream of refusals would otherwise cost one authority round trip each. Units
+another process returns meanwhile reach this process that much later (``docs/
+architecture.md``, "Leased quota: the bound").
+
 **Windows.** A lease carries its window's end and dies there: a take at or after it
 finds nothing, and its units are dropped, never spent in the next window (the counter
 key names the window as well, ``windows.counter_key``).
@@ -75,6 +82,7 @@ class _Lease:
     known: int = 0  # the highest count the authority reported (all grants, everyone's)
     closing: bool = False
     refilling: bool = False
+    spent_until: float = 0.0  # until then, refuse what the units held cannot cover
     last_used: float = 0.0
     slot_ids: list[int] = field(default_factory=lambda: [-1] * _SLOTS)
     slot_units: list[int] = field(default_factory=lambda: [0] * _SLOTS)
@@ -111,6 +119,8 @@ class LeasePool:
             if addend > limit:
                 return Taken(_denied(lease, limit, addend))
             if lease is None or lease.units < addend:
+                if lease is not None and addend and lease.spent_until > now:
+                    return Taken(_denied(lease, limit, addend))  # spent: refused here
                 return None
             return self._spend(lease, addend, limit, now)
 
@@ -119,18 +129,23 @@ class LeasePool:
         with self._lock:
             self._maybe_sweep(now)
             needed: dict[str, int] = {}
-            for hit in hits:
-                if hit.addend > hit.limit:
-                    continue
+            refused: set[int] = set()  # hits answered "over" without spending
+            for position, hit in enumerate(hits):
                 lease = self._live(hit.key, now)
+                if hit.addend > hit.limit:
+                    refused.add(position)
+                    continue
                 need = needed.get(hit.key, 0) + hit.addend
                 if lease is None or lease.units < need:
+                    if lease is not None and hit.addend and lease.spent_until > now:
+                        refused.add(position)  # spent: refused here, as ``take`` does
+                        continue
                     return None
                 needed[hit.key] = need
             answers: list[Taken] = []
-            for hit in hits:
+            for position, hit in enumerate(hits):
                 lease = self._leases.get(hit.key)
-                if hit.addend > hit.limit:
+                if position in refused:
                     answers.append(Taken(_denied(lease, hit.limit, hit.addend)))
                 else:
                     assert lease is not None  # checked above
@@ -186,6 +201,10 @@ class LeasePool:
                 lease.closing = True
             elif lease.closing and room >= 2 * self.policy.safety * self.policy.processes:
                 lease.closing = False  # units came back: lease again
+            if room <= 0:  # nothing left for anyone until units come back
+                lease.spent_until = min(lease.window_end, now + self.policy.spent_recheck)
+            else:
+                lease.spent_until = 0.0
             if spend > lease.units or spend > limit:
                 count = _denied(lease, limit, spend)
             else:

@@ -119,6 +119,20 @@ class TestCounting:
         assert (await counter.increment([hit(limit=5)]))[0] > 5
         assert (await counter.increment([hit(addend=3, limit=5)]))[0] > 5
 
+    async def test_refusals_of_a_spent_counter_do_not_ask_again_until_the_recheck(
+        self,
+    ) -> None:
+        """Over quota, one ask finds the counter spent; the refusals after it are answered
+        here, on the calling thread, until ``spent_recheck`` has passed."""
+        counter, authority, clock = make(min_lease=10, refill_below=0, spent_recheck=1.0)
+        assert await admitted(counter, 12, limit=10) == 10
+        asks = len(authority.asks)
+        refused = [counter.try_now([hit(limit=10)]) for _ in range(50)]
+        assert refused == [[11]] * 50 and len(authority.asks) == asks
+        clock.advance(1)
+        assert counter.try_now([hit(limit=10)]) is None  # the recheck: ask the authority
+        assert await admitted(counter, 1, limit=10) == 0
+
     async def test_a_limit_of_zero_is_refused_without_the_authority(self) -> None:
         """requests_per_unit 0 blocks, and no acquisition is made for it."""
         counter, authority, _ = make()

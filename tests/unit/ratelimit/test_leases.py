@@ -242,6 +242,51 @@ class TestClosing:
         assert not leases.closing("k")
 
 
+class TestSpent:
+    def test_a_spent_counter_refuses_misses_here_until_the_recheck(self) -> None:
+        """After a grant that leaves the counter at its limit, a miss is refused without
+        asking for ``spent_recheck`` seconds; then the authority is asked again."""
+        leases = pool(spent_recheck=1.0)
+        assert granted(leases, "k", 0, ask=1, count=LIMIT, spend=1) > LIMIT
+        refused = leases.take("k", 1, LIMIT, END, NOW + 0.5)
+        assert refused is not None and refused.count == LIMIT + 1
+        assert leases.take("k", 1, LIMIT, END, NOW + 1.0) is None
+
+    def test_units_held_are_still_spent_while_the_counter_is_spent(self) -> None:
+        """The last units granted answer their hits; only what they cannot cover is refused."""
+        leases = pool(spent_recheck=1.0)
+        granted(leases, "k", 2, count=LIMIT)
+        assert [leases.take("k", 1, LIMIT, END, NOW).count for _ in range(2)] == [LIMIT - 1, LIMIT]  # type: ignore[union-attr]
+        refused = leases.take("k", 1, LIMIT, END, NOW)
+        assert refused is not None and refused.count == LIMIT + 1
+
+    def test_a_grant_with_room_ends_it(self) -> None:
+        """Returned units (a later grant with room) lift the local refusals at once."""
+        leases = pool(spent_recheck=10.0)
+        granted(leases, "k", 0, ask=1, count=LIMIT)
+        granted(leases, "k", 1, count=LIMIT - 5)
+        assert leases.take("k", 1, LIMIT, END, NOW) is not None
+        assert leases.take("k", 1, LIMIT, END, NOW) is None  # no units, not spent: ask
+
+    def test_take_hits_refuses_spent_counters_and_answers_the_rest(self) -> None:
+        """All or nothing still: a spent key's hit is an answer (over), not a miss."""
+        leases = pool(spent_recheck=1.0, refill_below=0)
+        granted(leases, "spent", 0, ask=1, count=LIMIT)
+        granted(leases, "open", 5)
+        hits = [Hit("open", 1, 60, LIMIT), Hit("spent", 1, 60, LIMIT)]
+        answers = leases.take_hits(hits, NOW)
+        assert answers is not None
+        assert [a.count > LIMIT for a in answers] == [False, True]
+        assert leases.held("open") == 4
+
+    def test_a_check_only_hit_is_never_refused(self) -> None:
+        """Addend 0 reads the counter; it is not a hit to refuse."""
+        leases = pool(spent_recheck=1.0)
+        granted(leases, "k", 0, ask=1, count=LIMIT)
+        taken = leases.take("k", 0, LIMIT, END, NOW)
+        assert taken is not None and taken.count <= LIMIT
+
+
 class TestReturns:
     def test_idle_leases_are_handed_back_and_busy_ones_kept(self) -> None:
         """A lease untouched for idle_release seconds is removed with its units listed."""
@@ -273,7 +318,7 @@ class TestThreads:
     def test_concurrent_takes_spend_each_unit_exactly_once(self) -> None:
         """8 threads racing for 5000 units: 5000 successes, distinct values, none negative."""
         leases = pool(refill_below=0)
-        granted(leases, "k", 5000, count=5000)
+        granted(leases, "k", 5000, count=5000, limit=LIMIT * 10)
         counts: list[list[int]] = [[] for _ in range(8)]
         start = threading.Barrier(8)
 
@@ -296,8 +341,8 @@ class TestThreads:
     def test_concurrent_multi_hit_takes_stay_all_or_nothing(self) -> None:
         """Threads taking two keys at once never leave one key spent without the other."""
         leases = pool(refill_below=0)
-        granted(leases, "a", 3000)
-        granted(leases, "b", 1000)
+        granted(leases, "a", 3000, limit=LIMIT * 10)
+        granted(leases, "b", 1000, limit=LIMIT * 10)
         hits = [Hit("a", 1, 60, LIMIT * 10), Hit("b", 1, 60, LIMIT * 10)]
         answered = [0] * 6
 
