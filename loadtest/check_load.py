@@ -46,7 +46,7 @@ from harness import OUT_DIR
 from harness.bench import Bench, Measured, measure_runs, print_title, run_driver
 from harness.cpu import thread_cpu
 from harness.generators import GenResult, Window, grpc_frame, h2load_generator, python_generator
-from harness.options import add_run_arguments
+from harness.options import add_run_arguments, cpu_set
 from harness.processes import Processes, Server, free_port, start_mixerless, start_noop_server
 from harness.report import append_result, result_line, served_code, table_line
 from harness.report import versions as tool_versions
@@ -211,6 +211,7 @@ class Config:
     retries: int
     key_file: str
     server_tree: str | None
+    server_cpus: tuple[int, ...] | None = None  # pin the server started here
 
 
 class CheckBench(Bench):
@@ -242,14 +243,27 @@ class CheckBench(Bench):
         tag = f"{run}-{self.starts}"
         log = self.workdir / f"server-{tag}.log"
         if self.config.scenario in NOOPS:
-            return start_noop_server(self.procs, "authz", log, NOOPS[self.config.scenario])
+            return start_noop_server(
+                self.procs,
+                "authz",
+                log,
+                NOOPS[self.config.scenario],
+                cpus=cpu_set(self.config.server_cpus),
+            )
         policies = self.workdir / f"policies-{tag}"
         policies.mkdir()
         for name, text in policy_files(self.config.scenario, self.key).items():
             (policies / name).write_text(text)
         grpc_port = free_port()
         serve = ["--only", "authz", "--policies", str(policies), "--authz-port", str(grpc_port)]
-        return start_mixerless(self.procs, serve, grpc_port, log, self.config.server_tree)
+        return start_mixerless(
+            self.procs,
+            serve,
+            grpc_port,
+            log,
+            self.config.server_tree,
+            cpu_set(self.config.server_cpus),
+        )
 
     def check_server(self, target: str) -> list[str]:
         pool = self.pool
@@ -480,6 +494,7 @@ def config_from(args: argparse.Namespace) -> Config:
         retries=args.retries,
         key_file=args.key_file,
         server_tree=str(Path(args.server_tree).resolve()) if args.server_tree else None,
+        server_cpus=tuple(sorted(args.server_cpus)) if args.server_cpus else None,
     )
 
 

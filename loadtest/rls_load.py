@@ -31,7 +31,7 @@ import grpc
 from harness.bench import Bench, Measured, measure_runs, print_title, run_driver
 from harness.cpu import tree_cpu_seconds
 from harness.generators import GenResult, Window, grpc_frame, h2load_generator, python_generator
-from harness.options import add_run_arguments
+from harness.options import add_run_arguments, cpu_set
 from harness.processes import Processes, Server, free_port, start_mixerless, start_noop_server
 from harness.redis_server import RedisServer
 from harness.report import append_result, result_line, table_line, versions
@@ -139,6 +139,7 @@ class Config:
     tiny_limit: int
     counting: str
     server_tree: str | None
+    server_cpus: tuple[int, ...] | None = None  # pin the server started here
     target: str | None
     metrics_url: str | None
     server_pid: int | None
@@ -166,7 +167,7 @@ class RlsBench(Bench):
         """Start mixerless (or the no-op baseline) on free ports; return once it answers."""
         log = self.workdir / f"server-{run}.log"
         if self.config.server == "noop":
-            return start_noop_server(self.procs, "rls", log)
+            return start_noop_server(self.procs, "rls", log, cpus=cpu_set(self.config.server_cpus))
         policies = self.workdir / "policies"
         policies.mkdir(exist_ok=True)
         (policies / "edge.yaml").write_text(
@@ -180,7 +181,14 @@ class RlsBench(Bench):
         if self.config.store == "redis":
             assert self.redis.url is not None
             serve += ["--redis", self.redis.url]
-        return start_mixerless(self.procs, serve, grpc_port, log, self.config.server_tree)
+        return start_mixerless(
+            self.procs,
+            serve,
+            grpc_port,
+            log,
+            self.config.server_tree,
+            cpu_set(self.config.server_cpus),
+        )
 
     def check_server(self, target: str) -> list[str]:
         if self.config.server == "noop":
@@ -471,6 +479,7 @@ def config_from(args: argparse.Namespace) -> Config:
         user_limit=args.user_limit,
         counting=args.counting,
         server_tree=str(Path(args.server_tree).resolve()) if args.server_tree else None,
+        server_cpus=tuple(sorted(args.server_cpus)) if args.server_cpus else None,
         tiny_limit=args.tiny_limit,
         target=args.target,
         metrics_url=args.metrics_url,

@@ -40,6 +40,29 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.25,
         help="'idle': all processes together use fewer cores than this over 1 s",
     )
+    parser.add_argument(
+        "--server-cpus",
+        type=parse_cpus,
+        default=None,
+        help="pin the server started here to these CPUs (e.g. 1); run the driver itself "
+        "under `taskset -c 0` to keep the load generator off them",
+    )
     parser.add_argument("--label", default="", help="name of this configuration in the results")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines file")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp directory")
+
+
+def parse_cpus(text: str) -> frozenset[int]:
+    """``1`` or ``0,1`` as a CPU set."""
+    try:
+        cpus = frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of CPU numbers: {text!r}") from None
+    if not cpus or min(cpus) < 0:
+        raise argparse.ArgumentTypeError(f"not a list of CPU numbers: {text!r}")
+    return cpus
+
+
+def cpu_set(cpus: tuple[int, ...] | None) -> frozenset[int] | None:
+    """A run config's CPU list as the process starters take it."""
+    return frozenset(cpus) if cpus else None
