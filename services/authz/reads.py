@@ -66,6 +66,11 @@ __all__ = ["DEFAULT_MAX_KEY_CHARS", "DecisionKey", "ReadSet", "compile_reads", "
 DecisionKey = tuple[object, ...]
 """A plain tuple of hashable values, compared in full by the cache's dict."""
 
+PATH_MEMO_ENTRIES: Final = 4096
+PATH_MEMO_MAX_CHARS: Final = 512
+"""Paths up to this long have their matcher answers remembered per ReadSet, at most this
+many at a time (a full memo is emptied): at most 2 MiB of paths per plan."""
+
 DEFAULT_MAX_KEY_CHARS: Final = 8192
 """Requests whose key would hold more characters than this are not cached, so the cache's
 memory is bounded by its entry count times this (Envoy accepts 60 KiB of headers)."""
@@ -147,8 +152,11 @@ class ReadSet:
     destination_ip: bool
     destination_port: bool
     sni: bool
-    jwt: bool  # the plan has JWT rules: CORS preflight, tokens, the rejection's realm
+    jwt: bool  # the plan has JWT rules: CORS preflight, tokens
     max_key_chars: int = DEFAULT_MAX_KEY_CHARS
+    # What the path matchers answer, by path: a pure function of the path and this plan,
+    # so remembering it is safe; lives and dies with the ReadSet (one per plan per set).
+    path_answers: dict[str, tuple[bool, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def cacheable(self) -> bool:
@@ -194,7 +202,10 @@ class ReadSet:
             size += len(path_with_query)
         if self.path_tests:
             path = path_with_query.partition("?")[0]
-            parts.append(tuple([test.matches(path) for test in self.path_tests]))
+            answers = self.path_answers.get(path)
+            if answers is None:
+                answers = self._path_answers(path)
+            parts.append(answers)
         headers = request.headers
         if self.headers:
             repeated = request.repeated
@@ -248,6 +259,20 @@ class ReadSet:
         if size > self.max_key_chars:
             return None
         return tuple(parts)
+
+    def _path_answers(self, path: str) -> tuple[bool, ...]:
+        """What each path matcher answers for ``path``, remembered if the path is short.
+
+        Handler threads share the memo: a dict's get, set and clear are each atomic, and a
+        lost entry only costs the matchers' work again.
+        """
+        answers = tuple([test.matches(path) for test in self.path_tests])
+        if len(path) <= PATH_MEMO_MAX_CHARS:
+            memo = self.path_answers
+            if len(memo) >= PATH_MEMO_ENTRIES:
+                memo.clear()
+            memo[path] = answers
+        return answers
 
 
 def compile_reads(

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from services.authz import reads as reads_module
 from services.authz.answer import Denial
 from services.authz.authorization_policy import OPERATION_FIELDS, SOURCE_FIELDS
 from services.authz.jwt.result import NO_RULES, JwtResult
@@ -229,6 +230,20 @@ class TestWhatNormalizationErases:
         different = ("/admin/x", "/api/internal", "/product")  # "/product/*" misses "/product"
         keys = {reads.key(check(path=path)) for path in ("/product/1", *different)}
         assert len(keys) == 4
+
+    def test_path_answers_are_remembered_within_bounds(self) -> None:
+        """The matchers' answers for a path are kept per ReadSet: the same key either way,
+        short paths only, and a full memo starts over instead of growing."""
+        reads = reads_of(allow(rule(to=op(paths=["/a/*"]))))
+        first = reads.key(check(path="/a/1"))
+        assert reads.path_answers == {"/a/1": (True,)}
+        assert reads.key(check(path="/a/1")) == first == reads.key(check(path="/a/2"))
+        long_path = "/a/" + "x" * reads_module.PATH_MEMO_MAX_CHARS
+        assert reads.key(check(path=long_path)) == first
+        assert long_path not in reads.path_answers
+        for index in range(reads_module.PATH_MEMO_ENTRIES + 5):
+            reads.key(check(path=f"/b/{index}"))
+        assert len(reads.path_answers) <= reads_module.PATH_MEMO_ENTRIES
 
     def test_equal_path_matchers_are_tested_once(self) -> None:
         """Policies repeating one pattern list share one slot of the key."""
