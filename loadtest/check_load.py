@@ -256,14 +256,8 @@ class CheckBench(Bench):
             (policies / name).write_text(text)
         grpc_port = free_port()
         serve = ["--only", "authz", "--policies", str(policies), "--authz-port", str(grpc_port)]
-        return start_mixerless(
-            self.procs,
-            serve,
-            grpc_port,
-            log,
-            self.config.server_tree,
-            cpu_set(self.config.server_cpus),
-        )
+        tree, cpus = self.config.server_tree, cpu_set(self.config.server_cpus)
+        return start_mixerless(self.procs, serve, grpc_port, log, tree, cpus)
 
     def check_server(self, target: str) -> list[str]:
         pool = self.pool

@@ -181,14 +181,8 @@ class RlsBench(Bench):
         if self.config.store == "redis":
             assert self.redis.url is not None
             serve += ["--redis", self.redis.url]
-        return start_mixerless(
-            self.procs,
-            serve,
-            grpc_port,
-            log,
-            self.config.server_tree,
-            cpu_set(self.config.server_cpus),
-        )
+        tree, cpus = self.config.server_tree, cpu_set(self.config.server_cpus)
+        return start_mixerless(self.procs, serve, grpc_port, log, tree, cpus)
 
     def check_server(self, target: str) -> list[str]:
         if self.config.server == "noop":
