@@ -50,6 +50,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that were free a moment ago (all held open while
+    choosing, so the kernel cannot hand the same one out twice)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOOPBACK, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
 def free_port_block(count: int, *, low: int = 21000, high: int = 32000) -> int:
     """The first of ``count`` consecutive loopback ports that were all free a moment ago
     (below Linux's ephemeral range, so outgoing connections do not take them meanwhile):
@@ -448,10 +460,11 @@ def start_mixerless(
     environment = {**inherited, **(env or {})}
     command = [find_mixerless(), "serve", *args]
     ports: dict[str, int] = {}
-    for flag in ("http-port", "ratelimit-port", "authz-port", "xds-port"):
+    flags = ("http-port", "ratelimit-port", "authz-port", "xds-port")
+    for flag, free in zip(flags, free_ports(len(flags)), strict=True):
         given = _flag(args, environment, flag)
         if given is None or int(given) == 0:
-            ports[flag] = free_port()
+            ports[flag] = free
             command += [f"--{flag}", str(ports[flag])]
         else:
             ports[flag] = int(given)
