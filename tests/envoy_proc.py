@@ -431,6 +431,10 @@ class MixerlessProcess(_Child):
         base = self.worker_port_base + 3 * index
         return base, base + 1, base + 2
 
+    def ratelimit_ports(self) -> list[int]:
+        """The public rate limit port, then each worker's own."""
+        return [self.ratelimit_port, *(self.worker_ports(i)[1] for i in range(self.workers))]
+
     def get(self, path: str) -> HttpResponse:
         """GET ``path`` on the HTTP ops port."""
         return http_request(self.http_port, path)

@@ -50,10 +50,6 @@ def fixture_tree(tmp_path: Path, redis_server: RedisServer) -> Iterator[Mixerles
         process.stop()
 
 
-def ports(tree: MixerlessProcess) -> list[int]:
-    return [tree.ratelimit_port, *(tree.worker_ports(i)[1] for i in range(WORKERS))]
-
-
 def counter(redis_server: RedisServer, user: str) -> int:
     """The value of the one Redis counter whose key names ``user``."""
     with redis_server.client() as client:
@@ -81,7 +77,9 @@ class TestWorkersOverRedis:
         """Twice the quota over every port: exactly LIMIT pass; Redis counted every call."""
         wait_for_fresh_window(3600, at_least=60)
         user = uuid4().hex
-        tally = await hammer(ports(tree), make_request("quota", [("exact", user)]), 2 * LIMIT)
+        tally = await hammer(
+            tree.ratelimit_ports(), make_request("quota", [("exact", user)]), 2 * LIMIT
+        )
         assert tally.failed == []
         assert (tally.total_admitted, tally.total_refused) == (LIMIT, LIMIT)
         assert counter(redis_server, user) == 2 * LIMIT
@@ -93,7 +91,9 @@ class TestWorkersOverRedis:
         least LIMIT less what they may hold, and Redis never counts past LIMIT."""
         wait_for_fresh_window(3600, at_least=60)
         user = uuid4().hex
-        tally = await hammer(ports(tree), make_request("quota", [("leased", user)]), 2 * LIMIT)
+        tally = await hammer(
+            tree.ratelimit_ports(), make_request("quota", [("leased", user)]), 2 * LIMIT
+        )
         assert tally.failed == []
         assert LIMIT - STRANDED <= tally.total_admitted <= LIMIT
         assert tally.total_admitted <= counter(redis_server, user) <= LIMIT

@@ -202,8 +202,7 @@ class TestWorkers:
         policies = policies_of(tree)
 
         async def limits() -> set[int]:
-            ports = [tree.ratelimit_port, *(tree.worker_ports(i)[1] for i in range(WORKERS))]
-            replies = [await should_rate_limit(port, uuid4().hex) for port in ports]
+            replies = [await should_rate_limit(p, uuid4().hex) for p in tree.ratelimit_ports()]
             return {r.statuses[0].current_limit.requests_per_unit for r in replies}
 
         async def settle(expected: set[int]) -> bool:

@@ -50,20 +50,15 @@ def fixture_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mixerless
         process.stop()
 
 
-def every_port(tree: MixerlessProcess) -> list[int]:
-    """The public ratelimit port and each worker's own."""
-    return [tree.ratelimit_port, *(tree.worker_ports(i)[1] for i in range(WORKERS))]
-
-
 async def test_an_exact_limit_admits_exactly_the_limit(tree: MixerlessProcess) -> None:
     """Twice the quota from 32 connections over every port: exactly LIMIT pass, and every
     worker admitted some (the parent counts one call at a time, for all of them)."""
     wait_for_fresh_window(3600, at_least=60)
     request = make_request("quota", [("exact", uuid4().hex)])
-    tally = await hammer(every_port(tree), request, 2 * LIMIT)
+    tally = await hammer(tree.ratelimit_ports(), request, 2 * LIMIT)
     assert tally.failed == []
     assert (tally.total_admitted, tally.total_refused) == (LIMIT, LIMIT)
-    own = every_port(tree)[1:]
+    own = tree.ratelimit_ports()[1:]
     assert all(tally.admitted[port] > 0 for port in own), tally.admitted
 
 
@@ -72,7 +67,7 @@ async def test_a_leased_limit_never_admits_more_than_the_limit(tree: MixerlessPr
     less what the workers may hold; further calls then take exactly the rest, never more."""
     wait_for_fresh_window(3600, at_least=60)
     request = make_request("quota", [("leased", uuid4().hex)])
-    tally = await hammer(every_port(tree), request, 2 * LIMIT)
+    tally = await hammer(tree.ratelimit_ports(), request, 2 * LIMIT)
     assert tally.failed == []
     admitted = tally.total_admitted
     assert LIMIT - STRANDED <= admitted <= LIMIT
@@ -80,7 +75,7 @@ async def test_a_leased_limit_never_admits_more_than_the_limit(tree: MixerlessPr
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SETTLE
     while admitted < LIMIT and loop.time() < deadline:
-        more = await hammer(every_port(tree), request, 4 * WORKERS, channels_per_port=1)
+        more = await hammer(tree.ratelimit_ports(), request, 4 * WORKERS, channels_per_port=1)
         assert more.failed == []
         admitted += more.total_admitted
         assert admitted <= LIMIT
