@@ -43,23 +43,21 @@ LOG_TAIL_CHARS = 6_000
 # --- small utilities ------------------------------------------------------------------
 
 
+_HANDED_OUT: set[int] = set()  # every port free_port returned in this test process
+
+
 def free_port() -> int:
-    """A TCP port on the loopback interface that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that were free a moment ago (all held open while
-    choosing, so the kernel cannot hand the same one out twice)."""
-    with contextlib.ExitStack() as held:
-        ports = []
-        for _ in range(count):
-            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    """A TCP port on the loopback interface that was free a moment ago, and never one this
+    process was given before: the kernel may hand a just-closed port out again, and two
+    calls in a row (one server's HTTP and gRPC ports) would then collide."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((LOOPBACK, 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no loopback port that was not handed out already")
 
 
 def free_port_block(count: int, *, low: int = 21000, high: int = 32000) -> int:
@@ -464,11 +462,10 @@ def start_mixerless(
     environment = {**inherited, **(env or {})}
     command = [find_mixerless(), "serve", *args]
     ports: dict[str, int] = {}
-    flags = ("http-port", "ratelimit-port", "authz-port", "xds-port")
-    for flag, free in zip(flags, free_ports(len(flags)), strict=True):
+    for flag in ("http-port", "ratelimit-port", "authz-port", "xds-port"):
         given = _flag(args, environment, flag)
         if given is None or int(given) == 0:
-            ports[flag] = free
+            ports[flag] = free_port()
             command += [f"--{flag}", str(ports[flag])]
         else:
             ports[flag] = int(given)

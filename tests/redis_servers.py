@@ -22,6 +22,8 @@ from pathlib import Path
 import redis
 import redis.cluster
 
+from tests import envoy_proc
+
 READY_TIMEOUT = 15.0
 _running: set["RedisServer"] = set()
 
@@ -48,9 +50,7 @@ def _port_is_free(port: int) -> bool:
 def free_port(*, with_bus_port: bool = False) -> int:
     """A port nobody listens on; with ``with_bus_port``, port + 10000 is free too."""
     for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
+        port = envoy_proc.free_port()
         if not with_bus_port or (port + 10000 <= 65535 and _port_is_free(port + 10000)):
             return port
     raise RuntimeError("found no free port pair for a Redis Cluster node")
