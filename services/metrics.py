@@ -17,12 +17,12 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-# How prometheus_client writes a bucket's bound ("0.0001", "1.0"); the function is untyped.
-_go_float: Callable[[float], str] = floatToGoString
-
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
+# The buckets' "le" labels, as prometheus_client writes them ("0.0001", "1.0", "+Inf").
+_go_float: Callable[[float], str] = floatToGoString  # typed here: the library's is not
+_BUCKET_LABELS = (*(_go_float(bound) for bound in LATENCY_BUCKETS), "+Inf")
 
 
 class Metrics:
@@ -200,11 +200,10 @@ class RpcMetrics(Collector):
             "Time spent answering a gRPC call, by service and result.",
             labels=labels,
         )
-        bounds = [*(_go_float(bound) for bound in LATENCY_BUCKETS), "+Inf"]
         for recorder in recorders:
             for outcome, row in recorder.totals().items():
                 cumulative, buckets = 0.0, []
-                for bound, count in zip(bounds, row[:-1], strict=True):
+                for bound, count in zip(_BUCKET_LABELS, row[:-1], strict=True):
                     cumulative += count
                     buckets.append((bound, cumulative))
                 calls.add_metric([recorder.service, outcome], cumulative)
