@@ -50,9 +50,38 @@ def _headers(http: Any) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
         if names.lower() != names:
             headers = {name.lower(): value for name, value in headers.items()}
         return headers, {}
+    # Sent instead when encode_raw_headers is on (gateways mixerless configures): every
+    # request of a gateway comes this way, so the loop is written for speed. Names are
+    # taken as sent and checked once at the end; values sent twice are rare and gathered
+    # apart. Envoy sets one of ``value`` and ``raw_value`` (the proto says only one may be).
+    first: dict[str, str] = {}
+    again: dict[str, list[str]] | None = None
+    for header in http.header_map.headers:
+        raw = header.raw_value
+        value = raw.decode("utf-8", "replace") if raw else header.value
+        name = header.key
+        if name in first:
+            if again is None:
+                again = {}
+            again.setdefault(name, [first[name]]).append(value)
+        else:
+            first[name] = value
+    names = "".join(first)
+    if names.lower() != names:  # not from Envoy, which sends lower-case names
+        return _header_list(http.header_map.headers)
+    if again is None:
+        return first, {}
+    for name, found in again.items():
+        first[name] = ",".join(found)
+    return first, {name: tuple(found) for name, found in again.items()}
+
+
+def _header_list(sent: Any) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """``_headers`` for a raw header list whose names need lower-casing."""
     values: dict[str, list[str]] = {}
-    for header in http.header_map.headers:  # sent instead when encode_raw_headers is on
-        value = header.value or header.raw_value.decode("utf-8", "replace")
+    for header in sent:
+        raw = header.raw_value
+        value = raw.decode("utf-8", "replace") if raw else header.value
         values.setdefault(header.key.lower(), []).append(value)
     joined = {name: ",".join(found) for name, found in values.items()}
     repeated = {name: tuple(found) for name, found in values.items() if len(found) > 1}
