@@ -138,7 +138,8 @@ def _check_servicer(scenario: str, pool: int) -> tuple[Any, list[bytes]]:
 
 def _gateway_servicer(pool: int) -> tuple[Any, list[bytes]]:
     """The demo policies with one-hop quotas in memory, as ``mixerless serve`` builds them,
-    and the Checks an Envoy gateway sends for the k6 gateway mix (seeded)."""
+    and the Checks a gateway configured by mixerless sends for the k6 gateway mix (seeded;
+    raw header maps, as `encode_raw_headers` makes Envoy send them)."""
     import random
 
     from harness.stacks import DEMO_POLICIES, gateway_policies
@@ -199,7 +200,9 @@ def _gateway_servicer(pool: int) -> tuple[Any, list[bytes]]:
             "staff": rand.choice(tokens["staff"])["token"],
         }.get(name, rand.choice(tokens["users"])["token"])
         request = api.CheckRequest.FromString(
-            authz.check_request(token, request_id=authz.request_id(number), path=path)
+            authz.check_request(
+                token, request_id=authz.request_id(number), path=path, raw_headers=True
+            )
         )
         request.attributes.context_extensions.update(
             {

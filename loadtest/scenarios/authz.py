@@ -389,9 +389,15 @@ def check_request(
     path: str = PATH,
     method: str = "GET",
     client_ip: str = CLIENT_IP,
+    raw_headers: bool = False,
 ) -> bytes:
     """A serialized CheckRequest as an Istio ingress gateway sends it: 15 headers (14
-    without a token), the client in X-Forwarded-For, the load balancer as the peer."""
+    without a token), the client in X-Forwarded-For, the load balancer as the peer.
+
+    ``raw_headers``: the headers as a gateway configured by mixerless sends them
+    (``encode_raw_headers``: ``header_map``, each value as raw bytes) instead of the
+    ``headers`` map Envoy sends by default.
+    """
     headers = {
         ":authority": HOST,
         ":method": method,
@@ -424,7 +430,11 @@ def check_request(
     http.path = path
     http.scheme = "https"
     http.protocol = "HTTP/1.1"
-    http.headers.update(headers)
+    if raw_headers:
+        for name, value in headers.items():
+            http.header_map.headers.add(key=name, raw_value=value.encode())
+    else:
+        http.headers.update(headers)
     return bytes(request.SerializeToString())
 
 
