@@ -49,6 +49,22 @@ def parse_positive(text: str) -> int:
     return value
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def parse_bytes(text: str) -> int:
+    """A size: a whole number of bytes, or of ``KiB``, ``MiB`` or ``GiB``; at least 1."""
+    stripped = text.strip()
+    digits = stripped.rstrip("BbIiKkMmGg")
+    unit = _BYTE_UNITS.get(stripped[len(digits) :].lower())
+    if unit is None or not digits.strip().isdigit():
+        raise ValueError(f"expected a size such as 4MiB, 512KiB or 1048576, got {text!r}")
+    value = int(digits) * unit
+    if value < 1:
+        raise ValueError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
 def parse_ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:

@@ -35,6 +35,7 @@ from services.options import (
     optional_part,
     options_of,
     parse_bool,
+    parse_bytes,
     parse_choice,
     parse_count,
     parse_header_names,
@@ -243,6 +244,12 @@ class Settings:
         merge_domains=Option(
             "merge-domains", parse_bool, "false", "merge config files that share a domain"
         ),
+        max_file_bytes=Option(
+            "max-policy-file-bytes",
+            parse_bytes,
+            "4MiB",
+            "larger policy files are refused unread (KiB, MiB, GiB or bytes)",
+        ),
     )
     reload_interval: float = setting(
         "reload-interval", parse_duration, "500ms", "how often to look for policy changes"
@@ -282,10 +289,11 @@ class Settings:
 OPTIONS: tuple[Option, ...] = options_of(Settings)
 """Every option, in ``Settings`` order: what ``--help`` and docs/operations.md list."""
 
-CHECK_OPTIONS = ("merge-domains",)
+CHECK_OPTIONS = ("merge-domains", "max-policy-file-bytes")
 GATEWAY_OPTIONS = (
     "policies",
     "merge-domains",
+    "max-policy-file-bytes",
     "advertise-address",
     "xds-port",
     "authz-port",
@@ -345,7 +353,10 @@ def build_load_options(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> LoadOptions:
     """The options ``mixerless check`` compiles with."""
-    return LoadOptions(merge_domains=resolve(args, environ, CHECK_OPTIONS)["merge_domains"])
+    values = resolve(args, environ, CHECK_OPTIONS)
+    return LoadOptions(
+        merge_domains=values["merge_domains"], max_file_bytes=values["max_policy_file_bytes"]
+    )
 
 
 def build_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:

@@ -2,6 +2,11 @@
 
 Nothing half-loaded ever escapes: ``load_directory`` either returns a complete
 ``PolicySet`` or raises ``PolicyLoadError`` listing every problem of every file.
+Whatever a file holds, that is all it raises (besides ``PolicyDirectoryChangingError``,
+for a directory caught mid-swap): a file that is not a regular one or is over the size
+cap is refused unread (``files.read_policy_file``), YAML past the caps of
+``yamltext`` is an error, and an unexpected exception while compiling a file, or while
+linking the set, becomes an error naming that file (or the directory) too.
 
 Documents are dispatched through a table built from the kinds each service
 exports (``services.<service>.kinds.KINDS``); then each service links its own
@@ -10,8 +15,10 @@ mesh settings gateways are built with), then xds (whose RateLimitPolicies derive
 rate limit descriptors), then ratelimit.
 """
 
+import contextlib
+import gc
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +27,12 @@ from services.authz import kinds as authz_kinds
 from services.authz.config import AuthzConfig
 from services.authz.mesh_config import MeshSettings
 from services.catalog.bridge import listener_settings, quota_rules
-from services.catalog.files import PolicyDirectoryChangingError, policy_files
+from services.catalog.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    PolicyFileRefusedError,
+    policy_files,
+    read_policy_file,
+)
 from services.policy.errors import ErrorSink, PolicyError, PolicyLoadError
 from services.policy.kinds import ApiKind, Collected, Compiled, Kind
 from services.policy.yamltext import YamlSyntaxError, parse_documents
@@ -45,6 +57,7 @@ class LoadOptions:
     """Settings that change how policies compile."""
 
     merge_domains: bool = False
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # larger policy files are refused unread
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,31 +77,72 @@ def load_directory(directory: Path, options: LoadOptions) -> PolicySet:
     Raises ``PolicyLoadError`` with all problems found, or
     ``PolicyDirectoryChangingError`` if the directory changed mid-read.
     """
+    with _cycle_collection_paused():
+        return _load_directory(directory, options)
+
+
+@contextlib.contextmanager
+def _cycle_collection_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a directory loads.
+
+    Loading allocates millions of objects that all survive (every YAML node, then the
+    compiled set), and each full collection on the way walks the whole heap: measured,
+    two thirds of the time of a 50,000-descriptor file (6.4 s against 2.6 s without).
+    What loading builds holds no cycles (recursive YAML aliases are refused), so nothing
+    is lost by collecting once afterwards instead. A load runs for seconds at most; the
+    rest of the process keeps reference counting meanwhile.
+    """
+    if not gc.isenabled():  # paused by someone else: leave it to them
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _load_directory(directory: Path, options: LoadOptions) -> PolicySet:
     if not directory.is_dir():
         raise PolicyLoadError(
             [PolicyError(str(directory), 0, "", "policy directory does not exist")]
         )
     digest = hashlib.sha256()
     sinks: list[ErrorSink] = []
-    collected = _Collector()
+    collected = _Collector(max_nodes=options.max_file_bytes)
     names: list[str] = []
     for path in policy_files(directory):
         relative = path.relative_to(directory).as_posix()
+        sink = ErrorSink(str(path))
+        sinks.append(sink)
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise PolicyDirectoryChangingError(str(path)) from exc
+            raw = read_policy_file(path, options.max_file_bytes)
+        except PolicyFileRefusedError as exc:
+            sink.add(1, "", f"policy file refused: it {exc}")
+            continue
         digest.update(f"{len(relative)}:{relative}:{len(raw)}:".encode())
         digest.update(raw)
         names.append(relative)
-        sink = ErrorSink(str(path))
-        sinks.append(sink)
-        collected.read_file(raw, sink)
-    policy_set = link(digest.hexdigest()[:16], tuple(names), collected.documents, options)
+        try:
+            collected.read_file(raw, sink)
+        except Exception as exc:  # a bug or a resource limit: this file's error, not a crash
+            sink.add(1, "", f"could not be loaded: {_describe(exc)}")
+    try:
+        policy_set = link(digest.hexdigest()[:16], tuple(names), collected.documents, options)
+    except Exception as exc:
+        message = f"the policy set could not be linked: {_describe(exc)}"
+        failed = PolicyError(str(directory), 0, "", message)
+        raise PolicyLoadError([*(e for sink in sinks for e in sink.errors), failed]) from exc
     errors = [error for sink in sinks for error in sink.errors]
     if errors:
         raise PolicyLoadError(errors)
     return policy_set
+
+
+def _describe(exc: BaseException) -> str:
+    """An unexpected exception in one line (the loader's caller logs the traceback)."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def link(
@@ -108,8 +162,9 @@ def link(
 class _Collector:
     """Documents compiled by their kind as they are read, names checked unique per kind."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_nodes: int) -> None:
         self.documents = Collected()
+        self._max_nodes = max_nodes  # YAML nodes per file, aliases expanded
         self._names: dict[tuple[str, str], str] = {}
 
     def read_file(self, raw: bytes, sink: ErrorSink) -> None:
@@ -119,7 +174,7 @@ class _Collector:
             sink.add(1, "", f"file is not UTF-8 text: {exc.reason} at byte {exc.start}")
             return
         try:
-            documents = parse_documents(text)
+            documents = parse_documents(text, max_nodes=self._max_nodes)
         except YamlSyntaxError as exc:
             sink.add(exc.line, "", f"error loading config file: invalid YAML: {exc.message}")
             return

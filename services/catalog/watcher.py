@@ -17,7 +17,7 @@ from services.catalog.loader import LoadOptions, PolicySet, load_directory
 from services.catalog.state import PolicyState
 from services.clock import Clock
 from services.metrics import Metrics
-from services.policy.errors import PolicyLoadError
+from services.policy.errors import PolicyError, PolicyLoadError
 
 log = structlog.get_logger("mixerless.policy")
 
@@ -44,7 +44,9 @@ class PolicyWatcher:
     """Loads ``directory`` into ``state`` now and on every change.
 
     Reading and compiling run in a worker thread; only the swap happens on the
-    event loop, so requests keep being answered while a large directory loads.
+    event loop, so requests keep being answered while a large directory loads. A load
+    that fails in any way is a rejection (logged, counted, kept for ``/debug/config``):
+    the serving set stays, and the watcher goes on looking for the next change.
     """
 
     def __init__(
@@ -78,6 +80,10 @@ class PolicyWatcher:
             return None
         except PolicyLoadError as exc:
             return exc
+        except Exception as exc:  # load_directory turns file problems into errors; not this
+            log.exception("policy load failed unexpectedly", directory=str(self._directory))
+            message = f"the policy directory could not be loaded: {type(exc).__name__}"
+            return PolicyLoadError([PolicyError(str(self._directory), 0, "", message)])
 
     def _apply(self, result: PolicySet | PolicyLoadError | None) -> bool:
         if result is None:

@@ -4,13 +4,27 @@ PyYAML's safe loader, with mappings built as ``LineMap`` and sequences as
 ``LineList``: plain ``dict``/``list`` subclasses that also hold the line of the
 node, of each key and of each item. Duplicate keys in one mapping are errors
 (PyYAML would silently keep the last one).
+
+Hostile text gets an error, never an exception of another kind, a hang or a huge
+structure: a file holds at most ``MAX_DOCUMENTS`` documents and ``max_nodes`` nodes,
+counting a node reached through an alias each time it is reached (so an "alias bomb"
+that expands to billions is refused before anything walks it), nested at most
+``MAX_DEPTH`` deep; an integer must fit in 64 bits (no policy field holds more, and
+Python refuses to convert decimal literals over 4,300 digits). The loader passes its
+per-file byte cap as ``max_nodes``: every node takes at least one byte of text, so no
+file under the byte cap is refused for its nodes unless aliases multiply them.
 """
 
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import yaml
+
+MAX_DOCUMENTS: Final = 10_000
+DEFAULT_MAX_NODES: Final = 4 << 20
+MAX_DEPTH: Final = 100
+_INT_BOUND: Final = 1 << 64
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -74,6 +88,57 @@ def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Lin
     return result
 
 
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    line = node.start_mark.line + 1
+    text = str(node.value)
+    shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+    try:
+        value: int = yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+    except ValueError:  # a decimal literal past Python's 4,300-digit conversion limit
+        value = _INT_BOUND
+    if not -_INT_BOUND < value < _INT_BOUND:
+        raise YamlSyntaxError(line, f"integer {shown} is out of range (64 bits at most)")
+    return value
+
+
+def _weigh(node: yaml.Node, depth: int, weights: dict[int, int], open_: set[int], cap: int) -> int:
+    """How many nodes ``node`` stands for, aliases expanded; raises past the caps.
+
+    ``weights`` remembers each node already weighed (by identity: the nodes live as long
+    as this one document's check), so the walk visits each distinct node once.
+    """
+    if depth > MAX_DEPTH:
+        line = node.start_mark.line + 1
+        raise YamlSyntaxError(line, f"nested more than {MAX_DEPTH} levels deep")
+    if isinstance(node, yaml.ScalarNode):
+        return 1
+    key = id(node)
+    known = weights.get(key)
+    if known is not None:
+        return known
+    if key in open_:
+        line = node.start_mark.line + 1
+        raise YamlSyntaxError(line, "an alias refers to a node that contains it")
+    open_.add(key)
+    total = 1
+    children: list[yaml.Node] = (
+        [part for pair in node.value for part in pair]
+        if isinstance(node, yaml.MappingNode)
+        else list(node.value)
+    )
+    for child in children:
+        total += _weigh(child, depth + 1, weights, open_, cap)
+        if total > cap:
+            line = node.start_mark.line + 1
+            raise YamlSyntaxError(
+                line, f"more than {cap:,} nodes, aliases counted where they are used"
+            )
+    open_.discard(key)
+    weights[key] = total
+    return total
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
@@ -87,19 +152,28 @@ class YamlDocument:
     body: Any
 
 
-def parse_documents(text: str) -> list[YamlDocument]:
+def parse_documents(text: str, *, max_nodes: int = DEFAULT_MAX_NODES) -> list[YamlDocument]:
     """Parse every document of ``text``; empty documents are dropped.
 
-    Raises ``YamlSyntaxError`` naming the line of the first syntax problem.
+    Raises ``YamlSyntaxError`` naming the line of the first syntax problem, or of the
+    first value past a cap.
     """
     loader = _Loader(text)
     documents: list[YamlDocument] = []
+    nodes = 0
     try:
         index = 0
         while loader.check_node():
             node = loader.get_node()
             if node is None:
                 continue
+            if index >= MAX_DOCUMENTS:
+                line = node.start_mark.line + 1
+                raise YamlSyntaxError(line, f"more than {MAX_DOCUMENTS:,} documents in one file")
+            nodes += _weigh(node, 1, {}, set(), max_nodes)
+            if nodes > max_nodes:
+                line = node.start_mark.line + 1
+                raise YamlSyntaxError(line, f"more than {max_nodes:,} nodes in one file")
             body = loader.construct_document(node)
             if body is not None:
                 documents.append(YamlDocument(index, node.start_mark.line + 1, body))
