@@ -26,6 +26,7 @@ from services.authz.answer import Denial, answer
 from services.authz.model import RBAC_DENIED, CheckInput, Decision, HttpRequest, Peer, Reason
 from services.authz.service import AuthzService
 from services.inline import Inline
+from services.log_throttle import LogThrottle
 from services.metrics import Metrics
 
 log = structlog.get_logger("mixerless.authz")
@@ -199,10 +200,18 @@ _INTERNAL_ERROR = answer(Denial(403, RBAC_DENIED, Reason("error", detail="intern
 class AuthorizationServicer:
     """Envoy's ext_authz v3 endpoint over an ``AuthzService``."""
 
-    def __init__(self, service: AuthzService, metrics: Metrics, inline: Inline) -> None:
+    def __init__(
+        self,
+        service: AuthzService,
+        metrics: Metrics,
+        inline: Inline,
+        *,
+        throttle: LogThrottle | None = None,
+    ) -> None:
         self._service = service
         self._inline = inline
         self._calls = metrics.rpc_recorder(SERVICE, OUTCOMES)
+        self._throttle = throttle or LogThrottle()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """``Check`` for a threaded server, bytes in and out."""
@@ -218,6 +227,14 @@ class AuthorizationServicer:
             request = api.CheckRequest.FromString(body)
         except DecodeError:
             self._calls.record("invalid", started)
+            left_out = self._throttle.allow("undecodable")
+            if left_out is not None:
+                log.warning(
+                    "a Check call whose body is not a CheckRequest: INVALID_ARGUMENT",
+                    bytes=len(body),
+                    peer=context.peer(),
+                    left_out=left_out,
+                )
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the body is not a CheckRequest")
         try:
             check = check_input(request)
@@ -229,10 +246,14 @@ class AuthorizationServicer:
             else:
                 outcome = "unauthenticated" if decision.status == 401 else "deny"
         except TimeoutError:  # Envoy has given up on this call already
-            log.warning("Check ran out of time waiting for I/O; denying")
+            left_out = self._throttle.allow("timeout")
+            if left_out is not None:
+                log.warning("Check ran out of time waiting for I/O; denying", left_out=left_out)
             decision, outcome = _INTERNAL_ERROR, "error"
         except Exception:  # fail closed: a bug denies this request, and is logged
-            log.exception("Check failed; denying")
+            left_out = self._throttle.allow("failed")
+            if left_out is not None:
+                log.exception("Check failed; denying", left_out=left_out)
             decision, outcome = _INTERNAL_ERROR, "error"
         self._calls.record(outcome, started)
         return encode(decision)

@@ -3,7 +3,9 @@
 Errors follow envoyproxy/ratelimit's messages with proper status codes: an empty
 domain or descriptor list is INVALID_ARGUMENT, a failed counter store or a
 missing config is UNAVAILABLE (Envoy's ``failure_mode_deny`` then decides). No
-request, however malformed, takes the server down.
+request, however malformed, takes the server down, and none floods its log: undecodable
+bodies and bugs get at most one line per kind every few seconds (``LogThrottle``); the
+metrics count every call.
 
 The servicer runs on the threaded gRPC server's handler threads: it takes and returns
 serialized bytes, and runs the service's coroutine with ``Inline`` (on the handler
@@ -21,6 +23,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from services import envoy_api as api
 from services.inline import Inline
+from services.log_throttle import LogThrottle
 from services.metrics import Metrics
 from services.ratelimit.model import (
     UINT32_MAX,
@@ -99,10 +102,18 @@ def response_to_proto(result: LimitResult) -> Any:
 class RateLimitServicer:
     """Envoy's RLS v3 endpoint over a ``RateLimitService``."""
 
-    def __init__(self, service: RateLimitService, metrics: Metrics, inline: Inline) -> None:
+    def __init__(
+        self,
+        service: RateLimitService,
+        metrics: Metrics,
+        inline: Inline,
+        *,
+        throttle: LogThrottle | None = None,
+    ) -> None:
         self._service = service
         self._inline = inline
         self._calls = metrics.rpc_recorder(SERVICE, OUTCOMES)
+        self._throttle = throttle or LogThrottle()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """``ShouldRateLimit`` for a threaded server, bytes in and out."""
@@ -129,6 +140,14 @@ class RateLimitServicer:
         except DecodeError:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, "the body is not a RateLimitRequest"
             outcome = "invalid"
+            left_out = self._throttle.allow("undecodable")
+            if left_out is not None:
+                log.warning(
+                    "a ShouldRateLimit call whose body is not a RateLimitRequest: INVALID_ARGUMENT",
+                    bytes=len(body),
+                    peer=context.peer(),
+                    left_out=left_out,
+                )
         except InvalidRequestError as exc:
             code, message, outcome = grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid"
         except UnavailableError as exc:
@@ -137,7 +156,9 @@ class RateLimitServicer:
             code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the counter store took too long"
             outcome = "unavailable"
         except Exception as exc:  # a bug must cost one request, not the server
-            log.exception("ShouldRateLimit failed", domain=domain)
+            left_out = self._throttle.allow("failed")
+            if left_out is not None:
+                log.exception("ShouldRateLimit failed", domain=domain, left_out=left_out)
             code, message, outcome = grpc.StatusCode.INTERNAL, f"internal error: {exc}", "error"
         self._calls.record(outcome, started)
         if code is not None:

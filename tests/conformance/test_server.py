@@ -17,6 +17,7 @@ from tests.conformance.harness import (
     rule,
     yaml_docs,
 )
+from tests.hostile_bodies import check_bodies
 from tests.jwt_issuer import ISSUER, claims, jwks, token
 
 POLICIES = yaml_docs(
@@ -28,8 +29,12 @@ POLICIES = yaml_docs(
 )
 
 
-async def test_a_body_that_is_not_a_check_request_fails_that_call_only(authz: Launcher) -> None:
-    """Garbage bytes are INVALID_ARGUMENT; the next Check is answered as usual."""
+@pytest.mark.parametrize("kind", list(check_bodies()))
+async def test_a_body_that_is_not_a_check_request_fails_that_call_only(
+    authz: Launcher, kind: str
+) -> None:
+    """Garbage, invalid UTF-8, a truncated message and one nested too deep are
+    INVALID_ARGUMENT; the next Check is answered as usual."""
     server = await authz.start(POLICIES)
     raw = server.channel.unary_unary(
         f"/{api.AUTHORIZATION_SERVICE_NAME}/Check",
@@ -37,8 +42,9 @@ async def test_a_body_that_is_not_a_check_request_fails_that_call_only(authz: La
         response_deserializer=None,
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await raw(b"\xff\xff\xff\xff not protobuf")
+        await raw(check_bodies()[kind])
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "the body is not a CheckRequest"
     assert (await server.outcome(path="/public")).status == 200
 
 

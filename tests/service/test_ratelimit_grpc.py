@@ -15,6 +15,7 @@ from services import envoy_api as api
 from services.inline import require_loop
 from services.ratelimit.service import RateLimitOptions
 from services.ratelimit.store import Hit
+from tests.hostile_bodies import rate_limit_bodies
 from tests.ratelimit_calls import POLICY, make_request, write_policy
 from tests.service.conftest import Running
 
@@ -107,10 +108,12 @@ class TestErrors:
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "hits_addend" in (info.value.details() or "")
 
-    async def test_garbage_bytes_do_not_hurt_the_server(
-        self, start_app: Callable[..., Any]
+    @pytest.mark.parametrize("kind", list(rate_limit_bodies()))
+    async def test_undecodable_bodies_do_not_hurt_the_server(
+        self, start_app: Callable[..., Any], kind: str
     ) -> None:
-        """A body that is not a RateLimitRequest fails that call only; the next one works."""
+        """Garbage, invalid UTF-8 and a truncated message are INVALID_ARGUMENT for that
+        call only; the next one works."""
         running = await start_app()
         await wait_serving(running)
         raw = running.channel.unary_unary(
@@ -119,8 +122,9 @@ class TestErrors:
             response_deserializer=None,
         )
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await raw(b"\xff\xff\xff\xff not protobuf")
+            await raw(rate_limit_bodies()[kind])
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "the body is not a RateLimitRequest"
         reply = await running.stub.ShouldRateLimit(make_request("edge", [("user", "z")]))
         assert reply.overall_code == OK
 

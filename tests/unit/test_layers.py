@@ -32,6 +32,7 @@ TOOLKIT = (
     "grpc_server",
     "inline",
     "logs",
+    "log_throttle",
 )
 
 
