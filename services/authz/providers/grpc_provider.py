@@ -23,7 +23,8 @@ The answer is read as Envoy's gRPC client does (``ext_authz_grpc_impl.cc``):
   Envoy ``StatusCode``), body and headers.
 * ``error_response`` (newer API) is an error: ``failOpen`` applies; otherwise its status
   (else ``statusOnError``), body and headers.
-* a failed call (UNAVAILABLE, DEADLINE_EXCEEDED, anything) is an error.
+* a failed call (UNAVAILABLE, DEADLINE_EXCEEDED, anything) is an error, and so is an
+  answer that is not a ``CheckResponse`` at all.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from services import envoy_api as api
 from services.authz.model import CheckInput, Header
@@ -77,9 +79,16 @@ class GrpcProviderClient:
         self._failures = FailureLog(provider)
 
     def _check_stub(self) -> Any:
+        """``Check``, answering the provider's bytes: they are decoded here, so that bytes
+        that are no ``CheckResponse`` are a failed call like any other (grpc would log a
+        traceback and hand over None)."""
         if self._stub is None:  # on the running loop: grpc.aio channels belong to one
             self._channel = grpc.aio.insecure_channel(self.provider.address, options=self._options)
-            self._stub = api.AuthorizationStub(self._channel)
+            self._stub = self._channel.unary_unary(
+                f"/{api.AUTHORIZATION_SERVICE_NAME}/Check",
+                request_serializer=api.CheckRequest.SerializeToString,
+                response_deserializer=None,
+            )
         return self._stub
 
     async def check(self, check: CheckInput) -> ProviderDecision:
@@ -89,9 +98,11 @@ class GrpcProviderClient:
             return PAYLOAD_TOO_LARGE
         request = provider_request(check, self.provider.include_request_body_in_check, body)
         try:
-            response = await self._check_stub().Check(
-                request, timeout=self.provider.timeout or None
-            )
+            answer = await self._check_stub()(request, timeout=self.provider.timeout or None)
+            response = api.CheckResponse.FromString(answer)
+        except DecodeError:
+            self._failures.failed("the provider answered bytes that are not a CheckResponse")
+            return error_decision(self.provider)
         except grpc.aio.AioRpcError as exc:
             self._failures.failed(f"{exc.code().name}: {exc.details()}")
             return error_decision(self.provider)

@@ -19,7 +19,9 @@ describe the client's connection, not this one.
 
 The answer (``RawHttpClientImpl::toResponse``):
 
-* a 5xx is an error (``failOpen`` / ``statusOnError``), as is a failed call or a timeout;
+* a 5xx is an error (``failOpen`` / ``statusOnError``), as is a failed call or a timeout,
+  and so is a status that is no HTTP status (under 100 or over 599): it is never passed
+  on to the client;
 * 200 is an allow: headers matching ``headersToUpstreamOnAllow`` are set on the upstream
   request (the last of a repeated name wins), the comma-separated names in
   ``x-envoy-auth-headers-to-remove`` are removed from it, and headers matching
@@ -128,7 +130,7 @@ class HttpProviderClient:
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             self._failures.failed(repr(exc))
             return error_decision(self.provider)
-        if 500 <= status <= 599:
+        if not 100 <= status <= 499:  # a 5xx, or no HTTP status at all (600, 99)
             self._failures.failed(f"HTTP {status}")
             return error_decision(self.provider)
         return self.decision(status, headers, raw_body)

@@ -611,6 +611,29 @@ class TestGrpcErrors:
         opened = await ask_grpc(grpc_provider(grpc_server.port, fail_open=True), check_input())
         assert opened == ProviderDecision(True, error=True)
 
+    @pytest.mark.parametrize("answer", [b"\xff\xff\xff\xff not protobuf", b"\x0a\x05ab"])
+    async def test_an_answer_that_is_no_check_response_is_an_error(self, answer: bytes) -> None:
+        """Bytes that are not a CheckResponse are a failed call: statusOnError or failOpen,
+        never an exception."""
+        server = grpc.aio.server()
+        handler = grpc.unary_unary_rpc_method_handler(lambda request, context: answer)
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    api.AUTHORIZATION_SERVICE_NAME, {"Check": handler}
+                )
+            ]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            closed = await ask_grpc(grpc_provider(port, status_on_error=503), check_input())
+            opened = await ask_grpc(grpc_provider(port, fail_open=True), check_input())
+        finally:
+            await server.stop(0)
+        assert closed == ProviderDecision(False, 503, "", error=True)
+        assert opened == ProviderDecision(True, error=True)
+
     async def test_channel_is_reused_and_reopened_after_close(
         self, grpc_server: GrpcAuthzServer
     ) -> None:
@@ -841,6 +864,19 @@ class TestHttpErrors:
             http_server_provider(http_server, status_on_error=401), check_input()
         )
         assert decision == ProviderDecision(False, 401, "", error=True)
+
+    @pytest.mark.parametrize("status", [600, 999, 99])
+    async def test_a_status_that_is_no_http_status_is_an_error(
+        self, http_server: HttpAuthzServer, status: int
+    ) -> None:
+        """600 or 99 is a provider failure (statusOnError, or failOpen), never sent on."""
+        http_server.reply = HttpReply(status, [("x-reason", "r")], b"oops")
+        closed = await ask_http(
+            http_server_provider(http_server, status_on_error=401), check_input()
+        )
+        assert closed == ProviderDecision(False, 401, "", error=True)
+        opened = await ask_http(http_server_provider(http_server, fail_open=True), check_input())
+        assert opened == ProviderDecision(True, error=True)
 
     async def test_5xx_with_fail_open_allows(self, http_server: HttpAuthzServer) -> None:
         """With failOpen a 5xx lets the request through, marked as an error."""
