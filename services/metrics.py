@@ -33,6 +33,8 @@ class Metrics:
         r = self.registry
         self.rpc = RpcMetrics()
         r.register(self.rpc)
+        self.evictions = EvictionMetrics()
+        r.register(self.evictions)
         self.policy_loads = Counter(
             "mixerless_policy_loads_total",
             "Policy directory loads, by result (success or error).",
@@ -169,6 +171,33 @@ class RpcRecorder:
                 for index, value in enumerate(row):
                     total[index] += value
         return summed
+
+
+class EvictionMetrics(Collector):
+    """``mixerless_counters_evicted_total``: live in-memory counters dropped to stay within
+    ``--memory-max-counters``, read from the stores that hold them (``watch``)."""
+
+    def __init__(self) -> None:
+        self._sources: list[Callable[[], int]] = []
+
+    def watch(self, evicted: Callable[[], int]) -> None:
+        """Report ``evicted()`` (a running total) in this counter."""
+        self._sources.append(evicted)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family(0)
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family(sum(source() for source in self._sources))
+
+    @staticmethod
+    def _family(value: int) -> Metric:
+        return CounterMetricFamily(
+            "mixerless_counters_evicted",
+            "In-memory counters evicted before their window ended, to stay within "
+            "--memory-max-counters (each forgets its count).",
+            value=value,
+        )
 
 
 class RpcMetrics(Collector):

@@ -180,7 +180,9 @@ class Parent:
         self.metrics = metrics if metrics is not None else Metrics()
         self.lease_server: LeaseServer | None = None
         if settings.redis is None:
-            self.lease_server = LeaseServer(MemoryLeaseAuthority(self.clock))
+            authority = MemoryLeaseAuthority(self.clock, max_counters=settings.memory_max_counters)
+            self.metrics.evictions.watch(lambda: authority.evicted)
+            self.lease_server = LeaseServer(authority)
         self.supervisor = Supervisor(
             worker_command(argv, settings, layout),
             layout.plan,

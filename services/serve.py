@@ -64,7 +64,7 @@ def _leased(authority: LeaseAuthority, processes: int, clock: Clock) -> LeasedCo
     )
 
 
-def build_store(settings: Settings, clock: Clock) -> CounterStore:
+def build_store(settings: Settings, clock: Clock, metrics: Metrics) -> CounterStore:
     """Redis when ``--redis`` is given, else per-process memory (with a warning), or in
     a worker of ``--workers N``, the parent's counters.
 
@@ -85,7 +85,9 @@ def build_store(settings: Settings, clock: Clock) -> CounterStore:
             "counting in memory: every mixerless process keeps its own counts; "
             "pass --redis to share them"
         )
-        return InMemoryCounterStore(clock)
+        store = InMemoryCounterStore(clock, max_counters=settings.memory_max_counters)
+        metrics.evictions.watch(lambda: store.evicted)
+        return store
     from services.ratelimit.redis_authority import RedisLeaseAuthority
     from services.ratelimit.redis_store import RedisCounterStore
 
@@ -169,7 +171,9 @@ class Application:
         # The rate limit service counts for its gRPC port and for the quotas counted
         # inside Check (one hop): one store, one set of counters, in either case.
         if "ratelimit" in settings.services or "authz" in settings.services:
-            self.store = store if store is not None else build_store(settings, self.clock)
+            if store is None:
+                store = build_store(settings, self.clock, self.metrics)
+            self.store = store
             cache = None
             if settings.local_cache_size:
                 cache = OverLimitCache(self.clock, settings.local_cache_size)

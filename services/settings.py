@@ -216,6 +216,12 @@ class Settings:
     local_cache_size: int = setting(
         "local-cache-size", parse_count, "0", "over-limit keys kept in memory (0: off)"
     )
+    memory_max_counters: int = setting(
+        "memory-max-counters",
+        parse_positive,
+        "1000000",
+        "counters held in memory without Redis; past it, the nearest their window end go",
+    )
     ratelimit: RateLimitOptions = part(
         RateLimitOptions,
         cache_key_prefix=Option("cache-key-prefix", str, "", "prefix of every counter key"),

@@ -8,7 +8,8 @@ through grants. Everything happens under a lock, without awaiting, so concurrent
 callers (tasks or threads) never interleave inside one grant.
 
 A counter expires ``ttl`` seconds after the grant that created it (the end of its
-window) and is then freed, as ``memory_store.InMemoryCounterStore`` frees its counters.
+window) and is then freed, and at most ``max_counters`` are held, as
+``memory_store.InMemoryCounterStore`` holds its counters (``window_counters``).
 
 It also counts exactly (``add``, and ``increment``: it is a ``store.CounterStore`` too):
 hits add their addend with no cap, past the limit if need be, as Redis's ``INCRBY``
@@ -21,91 +22,82 @@ from collections.abc import Sequence
 
 from services.clock import Clock
 from services.ratelimit.lease_authority import Grant
+from services.ratelimit.memory_store import DEFAULT_MAX_COUNTERS
 from services.ratelimit.store import Hit
+from services.ratelimit.window_counters import WindowCounters
 
 
 class MemoryLeaseAuthority:
-    """Window counters in a dict; each grant is ``min(ask, limit - count)`` units."""
+    """Window counters in a bounded table; each grant is ``min(ask, limit - count)`` units."""
 
     name = "memory"
 
-    def __init__(self, clock: Clock, *, sweep_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        sweep_interval: float = 1.0,
+        max_counters: int = DEFAULT_MAX_COUNTERS,
+    ) -> None:
         self._clock = clock
-        self._counts: dict[str, int] = {}
-        self._expires: dict[str, int] = {}
-        self._expiring: dict[int, list[str]] = {}  # expiry second -> keys, for the sweep
+        self._counters = WindowCounters(max_counters)
         self._sweep_interval = sweep_interval
         self._next_sweep = clock.monotonic() + sweep_interval
         self._lock = threading.Lock()
 
+    @property
+    def evicted(self) -> int:
+        """Live counters evicted to stay within ``max_counters``, ever."""
+        return self._counters.evicted
+
     def grant(self, key: str, ask: int, limit: int, ttl: int) -> Grant:
         """``acquire`` without the coroutine: for a parent serving worker processes."""
         with self._lock:
-            now = int(self._clock.now())
-            if self._clock.monotonic() >= self._next_sweep:
-                self._sweep(now)
-            count = self._counts.get(key, 0)
-            expires = self._expires.get(key)
-            if expires is not None and expires <= now:  # ended, not swept yet
-                count, expires = 0, None
+            now = self._now()
+            counters = self._counters
+            count = counters.value(key, now)
             granted = max(0, min(ask, limit - count))
             if granted:
-                count += granted
-                self._counts[key] = count
-                if expires is None:
-                    expires = now + max(ttl, 1)
-                    self._expires[key] = expires
-                    self._expiring.setdefault(expires, []).append(key)
-            return Grant(granted, count, expires - now if expires is not None else 0)
+                count = counters.add(key, granted, now, ttl)
+            end = counters.ends(key, now)
+            return Grant(granted, count, end - now if end is not None else 0)
 
     def add(self, hits: Sequence[Hit]) -> list[int]:
         """``increment`` without the coroutine: each counter after its hit, uncapped."""
         with self._lock:
-            now = int(self._clock.now())
-            if self._clock.monotonic() >= self._next_sweep:
-                self._sweep(now)
+            now = self._now()
+            counters = self._counters
             results: list[int] = []
             for hit in hits:
-                count = self._counts.get(hit.key, 0)
-                expires = self._expires.get(hit.key)
-                if expires is not None and expires <= now:  # ended, not swept yet
-                    count, expires = 0, None
                 if hit.addend > 0:
-                    count += hit.addend
-                    self._counts[hit.key] = count
-                    if expires is None:
-                        expires = now + max(hit.ttl, 1)
-                        self._expires[hit.key] = expires
-                        self._expiring.setdefault(expires, []).append(hit.key)
-                results.append(count)
+                    results.append(counters.add(hit.key, hit.addend, now, hit.ttl))
+                else:
+                    results.append(counters.value(hit.key, now))
             return results
 
     def give_back(self, key: str, unused: int) -> int:
         """``release`` without the coroutine."""
         with self._lock:
-            count = self._counts.get(key)
-            expires = self._expires.get(key, 0)
-            if count is None or expires <= int(self._clock.now()) or unused <= 0:
+            now = int(self._clock.now())
+            count = self._counters.value(key, now)
+            if unused <= 0 or self._counters.ends(key, now) is None:
                 return 0
             returned = min(unused, count)
-            self._counts[key] = count - returned
+            self._counters.set_live(key, count - returned, now)
             return returned
 
     def count(self, key: str) -> int:
         """The counter's value now (0 for none): what tests and a parent's metrics read."""
         with self._lock:
-            expires = self._expires.get(key)
-            if expires is None or expires <= int(self._clock.now()):
-                return 0
-            return self._counts.get(key, 0)
+            return self._counters.value(key, int(self._clock.now()))
 
-    def _sweep(self, now: int) -> None:
-        for second in [s for s in self._expiring if s <= now]:
-            for key in self._expiring.pop(second):
-                if self._expires.get(key, now + 1) <= now:  # not re-created since
-                    del self._expires[key]
-                    self._counts.pop(key, None)
-        self._next_sweep = self._clock.monotonic() + self._sweep_interval
+    def _now(self) -> int:
+        """The second now, after the periodic sweep of ended windows."""
+        now = int(self._clock.now())
+        if self._clock.monotonic() >= self._next_sweep:
+            self._counters.sweep(now)
+            self._next_sweep = self._clock.monotonic() + self._sweep_interval
+        return now
 
     async def acquire(self, key: str, ask: int, limit: int, ttl: int) -> Grant:
         """See ``LeaseAuthority.acquire``; never suspends."""
@@ -124,6 +116,4 @@ class MemoryLeaseAuthority:
 
     async def close(self) -> None:
         with self._lock:
-            self._counts.clear()
-            self._expires.clear()
-            self._expiring.clear()
+            self._counters.clear()

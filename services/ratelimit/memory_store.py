@@ -3,7 +3,8 @@
 Counts are per process (two replicas each allow the full limit). All work
 happens without awaiting, under a lock, so concurrent requests (on the event loop
 or on the gRPC server's threads) never interleave inside one increment. Windows are
-freed when they end.
+freed when they end, and at most ``max_counters`` are held (``window_counters``: past
+that, the counters nearest the end of their window are evicted and counted).
 """
 
 import threading
@@ -11,50 +12,47 @@ from collections.abc import Sequence
 
 from services.clock import Clock
 from services.ratelimit.store import Hit
+from services.ratelimit.window_counters import WindowCounters
+
+DEFAULT_MAX_COUNTERS = 1_000_000  # about 150 MB of counters
 
 
 class InMemoryCounterStore:
-    """A dict of counters, each dropped once its window has ended."""
+    """Window counters in a bounded table, each dropped once its window has ended."""
 
     name = "memory"
 
-    def __init__(self, clock: Clock, *, sweep_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        sweep_interval: float = 1.0,
+        max_counters: int = DEFAULT_MAX_COUNTERS,
+    ) -> None:
         self._clock = clock
-        self._counts: dict[str, int] = {}
-        self._expiring: dict[int, list[str]] = {}
+        self._counters = WindowCounters(max_counters)
         self._sweep_interval = sweep_interval
         self._next_sweep = clock.monotonic() + sweep_interval
         self._lock = threading.Lock()
 
+    @property
+    def evicted(self) -> int:
+        """Live counters evicted to stay within ``max_counters``, ever."""
+        return self._counters.evicted
+
     async def increment(self, hits: Sequence[Hit]) -> list[int]:
         """Count ``hits`` without awaiting: atomic with respect to other requests."""
         with self._lock:
+            now = int(self._clock.now())
             if self._clock.monotonic() >= self._next_sweep:
-                self._sweep()
-            counts = self._counts
-            results: list[int] = []
-            for hit in hits:
-                current = counts.get(hit.key)
-                if current is None:
-                    current = 0
-                    expires = int(self._clock.now()) + hit.ttl
-                    self._expiring.setdefault(expires, []).append(hit.key)
-                current += hit.addend
-                counts[hit.key] = current
-                results.append(current)
-            return results
-
-    def _sweep(self) -> None:
-        now = int(self._clock.now())
-        for expires in [e for e in self._expiring if e <= now]:
-            for key in self._expiring.pop(expires):
-                self._counts.pop(key, None)
-        self._next_sweep = self._clock.monotonic() + self._sweep_interval
+                self._counters.sweep(now)
+                self._next_sweep = self._clock.monotonic() + self._sweep_interval
+            add = self._counters.add
+            return [add(hit.key, hit.addend, now, hit.ttl) for hit in hits]
 
     async def ping(self) -> None:
         return None
 
     async def close(self) -> None:
         with self._lock:
-            self._counts.clear()
-            self._expiring.clear()
+            self._counters.clear()
