@@ -139,7 +139,7 @@ class Config:
     tiny_limit: int
     counting: str
     server_tree: str | None
-    server_cpus: tuple[int, ...] | None = None  # pin the server started here
+    server_cpus: tuple[int, ...] | None  # pin the server started here
     target: str | None
     metrics_url: str | None
     server_pid: int | None
