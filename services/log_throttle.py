@@ -4,10 +4,12 @@ A line per request is how a hostile client floods a log: undecodable payloads, a
 that one crafted request triggers every time, a backend that fails every call. Call
 sites ask ``LogThrottle.allow(kind)`` before logging; it answers how many events of
 that kind were left out since the last line (log it with the line), or None to stay
-quiet. Metrics still count every event.
+quiet; ``warning`` and ``exception`` do both, adding ``left_out`` to the line. Metrics
+still count every event.
 """
 
 import threading
+from typing import Any
 
 from services.clock import Clock, SystemClock
 
@@ -34,3 +36,15 @@ class LogThrottle:
                 return None
             self._next[kind] = now + self._interval
             return self._left_out.pop(kind, 0)
+
+    def warning(self, kind: str, logger: Any, event: str, **fields: Any) -> None:
+        """``logger.warning(event, left_out=..., **fields)`` if ``kind`` may log now."""
+        left_out = self.allow(kind)
+        if left_out is not None:
+            logger.warning(event, left_out=left_out, **fields)
+
+    def exception(self, kind: str, logger: Any, event: str, **fields: Any) -> None:
+        """``logger.exception(...)`` likewise (call it in an ``except`` block)."""
+        left_out = self.allow(kind)
+        if left_out is not None:
+            logger.exception(event, left_out=left_out, **fields)

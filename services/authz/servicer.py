@@ -227,14 +227,13 @@ class AuthorizationServicer:
             request = api.CheckRequest.FromString(body)
         except DecodeError:
             self._calls.record("invalid", started)
-            left_out = self._throttle.allow("undecodable")
-            if left_out is not None:
-                log.warning(
-                    "a Check call whose body is not a CheckRequest: INVALID_ARGUMENT",
-                    bytes=len(body),
-                    peer=context.peer(),
-                    left_out=left_out,
-                )
+            self._throttle.warning(
+                "undecodable",
+                log,
+                "a Check call whose body is not a CheckRequest: INVALID_ARGUMENT",
+                bytes=len(body),
+                peer=context.peer(),
+            )
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the body is not a CheckRequest")
         try:
             check = check_input(request)
@@ -246,14 +245,10 @@ class AuthorizationServicer:
             else:
                 outcome = "unauthenticated" if decision.status == 401 else "deny"
         except TimeoutError:  # Envoy has given up on this call already
-            left_out = self._throttle.allow("timeout")
-            if left_out is not None:
-                log.warning("Check ran out of time waiting for I/O; denying", left_out=left_out)
+            self._throttle.warning("timeout", log, "Check ran out of time waiting for I/O; denying")
             decision, outcome = _INTERNAL_ERROR, "error"
         except Exception:  # fail closed: a bug denies this request, and is logged
-            left_out = self._throttle.allow("failed")
-            if left_out is not None:
-                log.exception("Check failed; denying", left_out=left_out)
+            self._throttle.exception("failed", log, "Check failed; denying")
             decision, outcome = _INTERNAL_ERROR, "error"
         self._calls.record(outcome, started)
         return encode(decision)

@@ -40,9 +40,8 @@ class MemoryLeaseAuthority:
         max_counters: int = DEFAULT_MAX_COUNTERS,
     ) -> None:
         self._clock = clock
-        self._counters = WindowCounters(max_counters)
-        self._sweep_interval = sweep_interval
-        self._next_sweep = clock.monotonic() + sweep_interval
+        self._counters = WindowCounters(max_counters, sweep_interval=sweep_interval)
+        self._counters.sweep_if_due(int(clock.now()), clock.monotonic())  # starts the cadence
         self._lock = threading.Lock()
 
     @property
@@ -94,9 +93,7 @@ class MemoryLeaseAuthority:
     def _now(self) -> int:
         """The second now, after the periodic sweep of ended windows."""
         now = int(self._clock.now())
-        if self._clock.monotonic() >= self._next_sweep:
-            self._counters.sweep(now)
-            self._next_sweep = self._clock.monotonic() + self._sweep_interval
+        self._counters.sweep_if_due(now, self._clock.monotonic())
         return now
 
     async def acquire(self, key: str, ask: int, limit: int, ttl: int) -> Grant:

@@ -30,9 +30,8 @@ class InMemoryCounterStore:
         max_counters: int = DEFAULT_MAX_COUNTERS,
     ) -> None:
         self._clock = clock
-        self._counters = WindowCounters(max_counters)
-        self._sweep_interval = sweep_interval
-        self._next_sweep = clock.monotonic() + sweep_interval
+        self._counters = WindowCounters(max_counters, sweep_interval=sweep_interval)
+        self._counters.sweep_if_due(int(clock.now()), clock.monotonic())  # starts the cadence
         self._lock = threading.Lock()
 
     @property
@@ -44,9 +43,7 @@ class InMemoryCounterStore:
         """Count ``hits`` without awaiting: atomic with respect to other requests."""
         with self._lock:
             now = int(self._clock.now())
-            if self._clock.monotonic() >= self._next_sweep:
-                self._counters.sweep(now)
-                self._next_sweep = self._clock.monotonic() + self._sweep_interval
+            self._counters.sweep_if_due(now, self._clock.monotonic())
             add = self._counters.add
             return [add(hit.key, hit.addend, now, hit.ttl) for hit in hits]
 

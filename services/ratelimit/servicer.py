@@ -140,14 +140,13 @@ class RateLimitServicer:
         except DecodeError:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, "the body is not a RateLimitRequest"
             outcome = "invalid"
-            left_out = self._throttle.allow("undecodable")
-            if left_out is not None:
-                log.warning(
-                    "a ShouldRateLimit call whose body is not a RateLimitRequest: INVALID_ARGUMENT",
-                    bytes=len(body),
-                    peer=context.peer(),
-                    left_out=left_out,
-                )
+            self._throttle.warning(
+                "undecodable",
+                log,
+                "a ShouldRateLimit call whose body is not a RateLimitRequest: INVALID_ARGUMENT",
+                bytes=len(body),
+                peer=context.peer(),
+            )
         except InvalidRequestError as exc:
             code, message, outcome = grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid"
         except UnavailableError as exc:
@@ -156,9 +155,7 @@ class RateLimitServicer:
             code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the counter store took too long"
             outcome = "unavailable"
         except Exception as exc:  # a bug must cost one request, not the server
-            left_out = self._throttle.allow("failed")
-            if left_out is not None:
-                log.exception("ShouldRateLimit failed", domain=domain, left_out=left_out)
+            self._throttle.exception("failed", log, "ShouldRateLimit failed", domain=domain)
             code, message, outcome = grpc.StatusCode.INTERNAL, f"internal error: {exc}", "error"
         self._calls.record(outcome, started)
         if code is not None:

@@ -18,10 +18,12 @@ import heapq
 class WindowCounters:
     """Counts by key, each with the second its window ends."""
 
-    def __init__(self, max_counters: int) -> None:
+    def __init__(self, max_counters: int, *, sweep_interval: float = 1.0) -> None:
         if max_counters < 1:
             raise ValueError("max_counters must be at least 1")
         self.max_counters = max_counters
+        self._sweep_interval = sweep_interval
+        self._next_sweep: float | None = None  # monotonic seconds; None: not yet started
         self.evicted = 0  # live counters dropped to make room, ever
         self._counts: dict[str, int] = {}
         self._ends: dict[str, int] = {}  # key -> the second its window ends
@@ -72,6 +74,15 @@ class WindowCounters:
             return False
         self._counts[key] = count
         return True
+
+    def sweep_if_due(self, now: int, monotonic: float) -> None:
+        """``sweep(now)`` once every ``sweep_interval`` seconds of ``monotonic`` time."""
+        due = self._next_sweep
+        if due is not None and monotonic < due:
+            return
+        if due is not None:
+            self.sweep(now)
+        self._next_sweep = monotonic + self._sweep_interval
 
     def sweep(self, now: int) -> None:
         """Free every counter whose window has ended."""
