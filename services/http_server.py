@@ -9,7 +9,13 @@
 * ``GET /debug/config``: the serving policy set (digest, files, limits) and the last
   rejected change with its errors.
 * ``POST /json``: a ``RateLimitRequest`` in protobuf JSON, answered like
-  envoyproxy/ratelimit's ``/json``: 200 OK, 429 OVER_LIMIT, 400 bad request, 503 unavailable.
+  envoyproxy/ratelimit's ``/json``: 200 OK, 429 OVER_LIMIT, 400 bad request (JSON that is
+  not a request, or not UTF-8), 413 over ``max_body_bytes``, 408 when the body does not
+  arrive within ``body_timeout``, 503 unavailable.
+
+Clients cannot hold the port (``HttpLimits``): a connection must complete a request
+within ``idle_timeout`` of opening (and of its previous answer), and at most
+``max_connections`` are open at once; one more is closed as soon as it is accepted.
 """
 
 import asyncio
@@ -30,6 +36,17 @@ from services.ratelimit.model import Code
 from services.ratelimit.service import InvalidRequestError, RateLimitService, UnavailableError
 from services.ratelimit.servicer import request_from_proto, response_to_proto
 
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What one client may hold of the HTTP port."""
+
+    idle_timeout: float = 15.0  # seconds a connection may go without a complete request
+    body_timeout: float = 10.0  # seconds a /json body may take to arrive
+    max_body_bytes: int = 1 << 20  # a /json body (aiohttp's default cap, stated here)
+    max_connections: int = 256  # open at once; probes and scrapes need a handful
+
+
 ReadinessCheck = Callable[[], Awaitable[None]]
 Exposition = Callable[[], Awaitable[bytes]]
 
@@ -48,8 +65,8 @@ class OpsView:
     exposition: Exposition | None = None  # /metrics, when not just ``metrics``'s
 
 
-def build_app(view: OpsView) -> web.Application:
-    app = web.Application()
+def build_app(view: OpsView, limits: HttpLimits = HttpLimits()) -> web.Application:
+    app = web.Application(client_max_size=limits.max_body_bytes)
     routes = web.RouteTableDef()
 
     @routes.get("/healthz")
@@ -109,11 +126,23 @@ def build_app(view: OpsView) -> web.Application:
 
         @routes.post("/json")
         async def ratelimit_json(request: web.Request) -> web.Response:
+            length = request.content_length
+            too_large = f"body over {limits.max_body_bytes} bytes\n"
+            if length is not None and length > limits.max_body_bytes:
+                return web.Response(status=413, text=too_large)
             try:
-                message = json_format.Parse(await request.text(), api.RateLimitRequest())
+                body = await asyncio.wait_for(request.read(), limits.body_timeout)
+            except TimeoutError:
+                return web.Response(status=408, text="the body did not arrive in time\n")
+            except web.HTTPRequestEntityTooLarge:
+                return web.Response(status=413, text=too_large)
+            try:
+                message = json_format.Parse(body.decode("utf-8"), api.RateLimitRequest())
                 result = await service.should_rate_limit(request_from_proto(message))
-            except (json_format.ParseError, InvalidRequestError) as exc:
-                return web.Response(status=400, text=f"{exc}\n")
+            except UnicodeDecodeError:
+                return web.Response(status=400, text="the body is not UTF-8\n")
+            except (json_format.ParseError, InvalidRequestError, RecursionError) as exc:
+                return web.Response(status=400, text=f"{str(exc)[:500] or 'nested too deeply'}\n")
             except UnavailableError as exc:
                 return web.Response(status=503, text=f"{exc}\n")
             status = 429 if result.overall is Code.OVER_LIMIT else 200
@@ -132,22 +161,50 @@ class HttpServer:
 
     The app is built from the view as it is at ``start``."""
 
-    def __init__(self, view: OpsView, host: str, port: int) -> None:
+    def __init__(
+        self, view: OpsView, host: str, port: int, limits: HttpLimits = HttpLimits()
+    ) -> None:
         self._view = view
+        self._limits = limits
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self._host = host
         self._requested_port = port
         self.port = 0
 
     async def start(self) -> int:
-        self._runner = web.AppRunner(build_app(self._view), access_log=None)
+        # keepalive_timeout is also the deadline of a connection's first request (aiohttp
+        # arms it when the connection opens, and bytes of an unfinished request do not
+        # move it): half-open and trickling clients are closed after idle_timeout.
+        limits = self._limits
+        self._runner = web.AppRunner(
+            build_app(self._view, limits), access_log=None, keepalive_timeout=limits.idle_timeout
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._requested_port, reuse_port=False)
-        await site.start()
-        sockets = self._runner.addresses
-        self.port = int(sockets[0][1]) if sockets else self._requested_port
+        server = self._runner.server
+        assert server is not None
+
+        def protocol() -> asyncio.BaseProtocol:
+            if len(server.connections) >= limits.max_connections:
+                return _Refused()
+            return server()
+
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            protocol, self._host or None, self._requested_port, reuse_address=True
+        )
+        self.port = int(self._listener.sockets[0].getsockname()[1])
         return self.port
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over ``max_connections``: closed as soon as it is accepted."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
