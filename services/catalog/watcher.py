@@ -79,6 +79,12 @@ class PolicyWatcher:
             self._last = None  # mid-swap: look again on the next tick
             return None
         except PolicyLoadError as exc:
+            if exc.__cause__ is not None:  # a bug, named in the errors: its traceback, once
+                log.error(
+                    "policy load failed unexpectedly",
+                    directory=str(self._directory),
+                    exc_info=exc.__cause__,
+                )
             return exc
         except Exception as exc:  # load_directory turns file problems into errors; not this
             log.exception("policy load failed unexpectedly", directory=str(self._directory))

@@ -22,9 +22,8 @@ from collections.abc import Sequence
 
 from services.clock import Clock
 from services.ratelimit.lease_authority import Grant
-from services.ratelimit.memory_store import DEFAULT_MAX_COUNTERS
 from services.ratelimit.store import Hit
-from services.ratelimit.window_counters import WindowCounters
+from services.ratelimit.window_counters import DEFAULT_MAX_COUNTERS, WindowCounters
 
 
 class MemoryLeaseAuthority:

@@ -12,9 +12,7 @@ from collections.abc import Sequence
 
 from services.clock import Clock
 from services.ratelimit.store import Hit
-from services.ratelimit.window_counters import WindowCounters
-
-DEFAULT_MAX_COUNTERS = 1_000_000  # about 150 MB of counters
+from services.ratelimit.window_counters import DEFAULT_MAX_COUNTERS, WindowCounters
 
 
 class InMemoryCounterStore:

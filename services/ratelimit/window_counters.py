@@ -14,6 +14,8 @@ Not thread-safe: the stores call it under their own lock.
 
 import heapq
 
+DEFAULT_MAX_COUNTERS = 1_000_000  # about 150 MB of counters
+
 
 class WindowCounters:
     """Counts by key, each with the second its window ends."""

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import structlog
 
 from services.catalog.files import read_policy_file
 from services.catalog.loader import LoadOptions, load_directory
@@ -163,8 +164,8 @@ class TestWatcher:
     def test_an_unexpected_exception_is_a_rejection(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A bug that raises while loading is counted and kept as a rejection; the watcher
-        goes on."""
+        """A bug that raises while loading is counted and kept as a rejection, its traceback
+        logged once; the watcher goes on."""
         (tmp_path / "a.yaml").write_text(GOOD)
         state, metrics = PolicyState(), Metrics()
         watcher = PolicyWatcher(tmp_path, LoadOptions(), state, metrics, ManualClock())
@@ -175,7 +176,10 @@ class TestWatcher:
 
         monkeypatch.setattr("services.catalog.loader.link", broken)
         (tmp_path / "a.yaml").write_text(GOOD.replace("domain: d", "domain: e"))
-        assert not watcher.reload()
+        with structlog.testing.capture_logs() as logs:
+            assert not watcher.reload()
+        [traceback] = [line for line in logs if line["event"] == "policy load failed unexpectedly"]
+        assert isinstance(traceback["exc_info"], RuntimeError)
         assert state.last_rejection is not None
         assert state.last_rejection.errors[-1].endswith(
             "the policy set could not be linked: RuntimeError: a bug"
