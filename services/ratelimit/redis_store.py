@@ -34,9 +34,11 @@ waits instead of failing everywhere. A failed round trip is never repeated here
 
 Failure mode: every failure (timeout, refused or lost connection, server or
 cluster error) is a ``CounterStoreError`` with a short message, raised within
-about ``timeout`` of the round trip starting. The service then answers
-UNAVAILABLE, and Envoy's ``failure_mode_deny`` decides whether the request
-passes.
+``timeout`` of the call's arrival, also for a call queued behind a hung round trip.
+The service then answers UNAVAILABLE, and Envoy's ``failure_mode_deny`` decides
+whether the request passes. Such errors lean towards counting: a call that times
+out while still queued is never sent, but one whose round trip was already sent may
+have been counted by Redis.
 """
 
 import asyncio
@@ -315,7 +317,15 @@ class RedisCounterStore:
             worker = asyncio.create_task(self._drain())
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
-        return await waiting.future
+        # The deadline runs from this call's arrival, not from its round trip's start: a
+        # call queued behind a hung round trip answers in time too. Timing out cancels
+        # the future: still queued, its hits are never sent; already sent, they may be
+        # counted although the call fails (errors lean towards counting).
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await waiting.future
+        except TimeoutError:
+            raise CounterStoreError(_describe(TimeoutError(), self._timeout)) from None
 
     def _extra_ttl(self) -> int:
         return self._rng.randint(0, self._jitter) if self._jitter > 0 else 0

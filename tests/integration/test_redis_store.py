@@ -223,6 +223,32 @@ class TestFailures:
         counts = await store.increment([hit("k")])
         assert counts[0] >= 2
 
+    async def test_queued_calls_answer_within_their_own_deadline(
+        self, private_redis: RedisServer, make_store: StoreFactory
+    ) -> None:
+        """Calls queued behind a hung round trip fail within the timeout of their own
+        arrival, not of the round trip's start plus their own (up to 2x before)."""
+        timeout = 0.4
+        store = make_store(private_redis.url, timeout=timeout, pool_size=1)
+        assert await store.increment([hit("k")]) == [1]
+        private_redis.pause()
+        try:
+
+            async def timed(delay: float) -> float:
+                await asyncio.sleep(delay)
+                started = time.monotonic()
+                with pytest.raises(CounterStoreError, match="timed out"):
+                    await store.increment([hit("k")])
+                return time.monotonic() - started
+
+            # the first call holds the one round trip; the others queue behind it
+            took = await asyncio.gather(*(timed(0.05 * i) for i in range(8)))
+        finally:
+            private_redis.resume()
+        assert max(took) < timeout + 0.2, took  # before: up to twice the timeout
+        await asyncio.sleep(0.1)
+        assert (await store.increment([hit("k")]))[0] >= 2
+
     async def test_stopped_server_fails_increment_and_ping(
         self, private_redis: RedisServer, make_store: StoreFactory
     ) -> None:
