@@ -8,8 +8,8 @@ through grants. Everything happens under a lock, without awaiting, so concurrent
 callers (tasks or threads) never interleave inside one grant.
 
 A counter expires ``ttl`` seconds after the grant that created it (the end of its
-window) and is then freed, and at most ``max_counters`` are held, as
-``memory_store.InMemoryCounterStore`` holds its counters (``window_counters``).
+window) and is then freed, and at most ``max_counters`` are held (``window_counters``).
+Its exact counting is also the embedded default store (``memory_store``).
 
 It also counts exactly (``add``, and ``increment``: it is a ``store.CounterStore`` too):
 hits add their addend with no cap, past the limit if need be, as Redis's ``INCRBY``
