@@ -101,25 +101,26 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     return value
 
 
-def _weigh(node: yaml.Node, depth: int, weights: dict[int, int], open_: set[int], cap: int) -> int:
+def _weigh(
+    node: yaml.Node, depth: int, weights: dict[yaml.Node, int], open_: set[yaml.Node], cap: int
+) -> int:
     """How many nodes ``node`` stands for, aliases expanded; raises past the caps.
 
-    ``weights`` remembers each node already weighed (by identity: the nodes live as long
-    as this one document's check), so the walk visits each distinct node once.
+    ``weights`` remembers each node already weighed (nodes compare by identity), so the
+    walk visits each distinct node once, however many aliases reach it.
     """
     if depth > MAX_DEPTH:
         line = node.start_mark.line + 1
         raise YamlSyntaxError(line, f"nested more than {MAX_DEPTH} levels deep")
     if isinstance(node, yaml.ScalarNode):
         return 1
-    key = id(node)
-    known = weights.get(key)
+    known = weights.get(node)
     if known is not None:
         return known
-    if key in open_:
+    if node in open_:
         line = node.start_mark.line + 1
         raise YamlSyntaxError(line, "an alias refers to a node that contains it")
-    open_.add(key)
+    open_.add(node)
     total = 1
     children: list[yaml.Node] = (
         [part for pair in node.value for part in pair]
@@ -133,8 +134,8 @@ def _weigh(node: yaml.Node, depth: int, weights: dict[int, int], open_: set[int]
             raise YamlSyntaxError(
                 line, f"more than {cap:,} nodes, aliases counted where they are used"
             )
-    open_.discard(key)
-    weights[key] = total
+    open_.discard(node)
+    weights[node] = total
     return total
 
 
